@@ -1,0 +1,310 @@
+"""`Aligner`: correct (question, answer) pairs with a learned corrector, sync, batched, streamed or async."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from aligner_chains.core.engine import (
+    DEFAULT_MAX_NEW_TOKENS,
+    Backend,
+    DecodingStrategy,
+    GenerationOutput,
+    GenerationParams,
+    LocalBackend,
+)
+from aligner_chains.core.errors import ConfigError, InputTooLongError, TemplateError
+from aligner_chains.core.loading import LoadOptions, Quantization, load_model
+from aligner_chains.core.result import Correction
+from aligner_chains.core.templates import DEFAULT_TEMPLATE, Template, get_template, template_for_model
+
+Overflow = Literal["raise", "truncate_question"]
+
+
+@dataclass
+class _Prepared:
+    """A validated request: the prompt to send, or a skip (empty answer)."""
+
+    question: str
+    answer: str
+    prompt: str
+    prompt_tokens: int
+    params: GenerationParams
+    skip: bool = False
+
+
+class Aligner:
+    """A corrector for upstream answers: render the template, generate, report a `Correction`.
+
+    An empty or whitespace-only answer is not sent to the model: the result has ``corrected=""``,
+    ``changed=False`` and ``finish_reason="skipped"`` (there is nothing to correct).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        template: str | Template,
+        *,
+        generation: GenerationParams | dict[str, Any] | None = None,
+        overflow: Overflow = "raise",
+    ) -> None:
+        if overflow not in ("raise", "truncate_question"):
+            raise ConfigError(f"overflow={overflow!r}: use 'raise' or 'truncate_question'.")
+        self.backend = backend
+        self.template = get_template(template)
+        if isinstance(generation, dict):
+            generation = GenerationParams().merged(generation)
+        self.generation = generation or GenerationParams()
+        self.overflow: Overflow = overflow
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str = "demo",
+        *,
+        template: str | Template | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        device_map: str | None = None,
+        quantization: Quantization | None = None,
+        adapter: str | None = None,
+        trust_remote_code: bool = False,
+        allow_pickle: bool = False,
+        revision: str | None = None,
+        overflow: Overflow = "raise",
+        strategy: DecodingStrategy | None = None,
+        **generation: Any,
+    ) -> Aligner:
+        """Load an Aligner from a local path, ``"demo"`` or a hub id (through the shared model cache).
+
+        The template comes from ``template=``, else the checkpoint's ``aligner_config.json``, else
+        the table of released checkpoints; otherwise a `TemplateError` asks for ``template=``.
+        Remaining keyword arguments are generation settings (``max_new_tokens``, ``do_sample``, ...).
+        """
+        options = LoadOptions(
+            device=device,
+            dtype=dtype,
+            device_map=device_map,
+            quantization=quantization,
+            adapter=adapter,
+            trust_remote_code=trust_remote_code,
+            allow_pickle=allow_pickle,
+            revision=revision,
+        )
+        loaded = load_model(model, options)
+        if template is None:
+            stored = (loaded.aligner_config or {}).get("template")
+            template = stored if stored is not None else template_for_model(model)
+        if template is None:
+            raise TemplateError(
+                f"Model {model!r} has no aligner_config.json naming its prompt template and is not a known "
+                f"released checkpoint. Pass template=, e.g. template='aligner-v2' "
+                f"(the default for new models, {DEFAULT_TEMPLATE!r}) or a Template(...)."
+            )
+        return cls(LocalBackend(loaded, strategy), template, generation=generation, overflow=overflow)
+
+    @property
+    def model_name(self) -> str:
+        """The model id or path this Aligner was loaded from."""
+        return self.backend.name
+
+    # ----------------------------------------------------------------- preparation
+
+    def _max_new_tokens(self, params: GenerationParams) -> int:
+        if params.max_new_tokens is not None:
+            return params.max_new_tokens
+        context = self.backend.max_context
+        return min(DEFAULT_MAX_NEW_TOKENS, context // 2) if context else DEFAULT_MAX_NEW_TOKENS
+
+    def _prepare(self, question: Any, answer: Any, overrides: dict[str, Any]) -> _Prepared:
+        for label, value in (("question", question), ("answer", answer)):
+            if not isinstance(value, str):
+                raise TypeError(f"{label} must be a str, got {type(value).__name__}: {value!r:.80}")
+        params = self.generation.merged(overrides)
+        params = params.model_copy(update={"max_new_tokens": self._max_new_tokens(params)})
+        if not answer.strip():
+            return _Prepared(question, answer, "", 0, params, skip=True)
+        prompt = self.template.render(question, answer)
+        n_prompt = self.backend.count_tokens(prompt)
+        context = self.backend.max_context
+        max_new = int(params.max_new_tokens or 0)
+        if context is None or n_prompt + max_new <= context:
+            return _Prepared(question, answer, prompt, n_prompt, params)
+        if self.overflow == "truncate_question":
+            fitted = self._fit_question(question, answer, context - max_new)
+            if fitted is not None:
+                prompt = self.template.render(fitted, answer)
+                return _Prepared(fitted, answer, prompt, self.backend.count_tokens(prompt), params)
+        raise InputTooLongError(
+            f"The prompt takes {n_prompt} tokens and max_new_tokens={max_new}: {n_prompt + max_new} tokens "
+            f"exceed the model's context of {context}. Shorten the answer or lower max_new_tokens"
+            + (
+                " (the answer alone is too long even with the question removed)."
+                if self.overflow == "truncate_question"
+                else ", or pass overflow='truncate_question' to cut the question from the left."
+            ),
+            prompt_tokens=n_prompt,
+            max_new_tokens=max_new,
+            context=context,
+        )
+
+    def _fit_question(self, question: str, answer: str, budget: int) -> str | None:
+        """The longest left-truncation of ``question`` whose prompt fits ``budget`` tokens, or None."""
+        base = self.backend.count_tokens(self.template.render("", answer))
+        if base > budget:
+            return None
+        q_tokens = self.backend.count_tokens(question) - self.backend.count_tokens("")
+        cut = max(0, q_tokens - (budget - base))
+        while True:
+            candidate = self.backend.truncate_left(question, cut)
+            if self.backend.count_tokens(self.template.render(candidate, answer)) <= budget:
+                return candidate
+            if cut >= q_tokens:
+                return ""
+            cut += 1
+
+    def _result(self, req: _Prepared, out: GenerationOutput | None, latency: float) -> Correction:
+        if out is None:
+            return Correction(
+                question=req.question,
+                original=req.answer,
+                corrected="",
+                changed=False,
+                template=self.template.name,
+                model=self.model_name,
+                finish_reason="skipped",
+                latency_s=latency,
+            )
+        return Correction(
+            question=req.question,
+            original=req.answer,
+            corrected=out.text,
+            changed=out.text != req.answer.strip(),
+            template=self.template.name,
+            model=self.model_name,
+            finish_reason=out.finish_reason,
+            prompt_tokens=out.prompt_tokens,
+            completion_tokens=len(out.token_ids),
+            latency_s=latency,
+            stats=out.stats,
+        )
+
+    # ----------------------------------------------------------------- sync API
+
+    def correct(self, question: str, answer: str, **generation: Any) -> Correction:
+        """Correct one answer to ``question``."""
+        return self.correct_batch([(question, answer)], batch_size=1, **generation)[0]
+
+    def correct_batch(
+        self, pairs: Iterable[tuple[str, str]], batch_size: int = 16, **generation: Any
+    ) -> list[Correction]:
+        """Correct many pairs: one padded generation per ``batch_size`` pairs, results in input order.
+
+        Pairs are grouped by prompt length to waste little padding; each result's ``latency_s`` is
+        the wall time of the batch it ran in.
+        """
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}.")
+        prepared = [self._prepare(*_as_pair(pair, i), generation) for i, pair in enumerate(pairs)]
+        results: list[Correction | None] = [None] * len(prepared)
+        todo = sorted((i for i, p in enumerate(prepared) if not p.skip), key=lambda i: -prepared[i].prompt_tokens)
+        for i, req in enumerate(prepared):
+            if req.skip:
+                results[i] = self._result(req, None, 0.0)
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            params = prepared[chunk[0]].params
+            started = time.perf_counter()
+            outputs = self.backend.generate([prepared[i].prompt for i in chunk], params)
+            latency = time.perf_counter() - started
+            for i, out in zip(chunk, outputs, strict=True):
+                results[i] = self._result(prepared[i], out, latency)
+        return [r for r in results if r is not None]
+
+    def iter_correction(self, question: str, answer: str, **generation: Any) -> Iterator[str | Correction]:
+        """Yield text pieces as they are generated, then the final `Correction`."""
+        req = self._prepare(question, answer, generation)
+        started = time.perf_counter()
+        if req.skip:
+            yield self._result(req, None, 0.0)
+            return
+        for item in self.backend.stream(req.prompt, req.params):
+            if isinstance(item, str):
+                yield item
+            else:
+                yield self._result(req, item, time.perf_counter() - started)
+
+    def stream(self, question: str, answer: str, **generation: Any) -> Iterator[str]:
+        """Yield the correction's text pieces as they are generated; they join to ``correct().corrected``."""
+        for item in self.iter_correction(question, answer, **generation):
+            if isinstance(item, str):
+                yield item
+
+    # ----------------------------------------------------------------- async API
+
+    async def acorrect(self, question: str, answer: str, **generation: Any) -> Correction:
+        """Async `correct`: generation runs in a worker thread, the event loop stays free."""
+        return await asyncio.to_thread(self.correct, question, answer, **generation)
+
+    async def acorrect_batch(
+        self, pairs: Iterable[tuple[str, str]], batch_size: int = 16, **generation: Any
+    ) -> list[Correction]:
+        """Async `correct_batch`."""
+        pairs = list(pairs)
+        return await asyncio.to_thread(self.correct_batch, pairs, batch_size, **generation)
+
+    async def aiter_correction(self, question: str, answer: str, **generation: Any) -> AsyncIterator[str | Correction]:
+        """Async `iter_correction`: pieces arrive as the worker thread generates them."""
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[Any] = asyncio.Queue()
+        done = object()
+        cancelled = threading.Event()
+        # Validate here so errors surface in the caller's task, not the worker thread.
+        self._prepare(question, answer, generation)
+
+        def work() -> None:
+            iterator = self.iter_correction(question, answer, **generation)
+            try:
+                for item in iterator:
+                    if cancelled.is_set():
+                        break
+                    loop.call_soon_threadsafe(pieces.put_nowait, item)
+            except BaseException as exc:
+                loop.call_soon_threadsafe(pieces.put_nowait, exc)
+            finally:
+                iterator.close()
+                loop.call_soon_threadsafe(pieces.put_nowait, done)
+
+        worker = loop.run_in_executor(None, work)
+        try:
+            while (item := await pieces.get()) is not done:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            cancelled.set()  # the worker stops generating at its next piece
+            del worker
+
+    async def astream(self, question: str, answer: str, **generation: Any) -> AsyncIterator[str]:
+        """Async `stream`."""
+        async for item in self.aiter_correction(question, answer, **generation):
+            if isinstance(item, str):
+                yield item
+
+    def __repr__(self) -> str:
+        return f"Aligner(model={self.model_name!r}, template={self.template.name!r})"
+
+
+def _as_pair(pair: Any, index: int) -> tuple[Any, Any]:
+    if isinstance(pair, Sequence) and not isinstance(pair, str) and len(pair) == 2:
+        return pair[0], pair[1]
+    if isinstance(pair, dict) and "question" in pair and "answer" in pair:
+        return pair["question"], pair["answer"]
+    raise TypeError(
+        f"Item {index} of pairs must be a (question, answer) tuple or a dict with 'question' and 'answer', "
+        f"got {type(pair).__name__}: {pair!r:.80}"
+    )

@@ -1,0 +1,327 @@
+"""Find, check and load an Aligner checkpoint, with one process-wide cache of loaded models.
+
+Safe by default: safetensors only (pickle checkpoints need ``allow_pickle=True``) and
+``trust_remote_code=False``. Hub ids resolve through the Hugging Face cache, so they work offline
+once downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from aligner_chains.core.errors import (
+    CheckpointError,
+    ConfigError,
+    MissingDependencyError,
+    ModelNotFoundError,
+)
+
+ALIGNER_CONFIG_NAME = "aligner_config.json"
+DEMO_MODEL_NAME = "demo"
+DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "demo" / "model"
+
+Quantization = Literal["4bit", "8bit"]
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """Everything that decides which weights end up where; also the model-cache key."""
+
+    device: str = "auto"
+    dtype: str = "auto"
+    device_map: str | None = None
+    quantization: Quantization | None = None
+    adapter: str | None = None
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    revision: str | None = None
+
+
+@dataclass
+class LoadedModel:
+    """A model and tokenizer ready for generation, with where they came from."""
+
+    model: Any
+    tokenizer: Any
+    model_id: str
+    path: Path
+    device: torch.device
+    dtype: torch.dtype
+    aligner_config: dict[str, Any] | None
+    max_context: int | None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; anything else is passed to ``torch.device``."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"Unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:0' or 'mps'.") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r} but CUDA is not available here: use device='auto' or 'cpu'.")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on GPUs that support it, fp16 on other GPUs and mps, fp32 on CPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "mps":
+            return torch.float16
+        return torch.float32
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        raise ConfigError(f"Unknown dtype {dtype!r}: use 'auto', {', '.join(sorted(_DTYPES))}.") from None
+
+
+def resolve_model_path(model_id: str, *, revision: str | None = None) -> Path:
+    """A local directory for ``model_id``: a path, ``"demo"``, or a hub id found in the HF cache."""
+    if not isinstance(model_id, (str, Path)):
+        raise TypeError(f"model must be a path or hub id string, got {type(model_id).__name__}")
+    model_id = str(model_id)
+    if model_id == DEMO_MODEL_NAME:
+        if not (DEMO_MODEL_DIR / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"The demo Aligner is not in this installation ({DEMO_MODEL_DIR} has no config.json). "
+                "Reinstall aligner-chains, or train it with `python -m aligner_chains.demo.train`."
+            )
+        return DEMO_MODEL_DIR
+    local = Path(model_id).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise ModelNotFoundError(f"Model path {str(local)!r} is a file; pass the directory that holds config.json.")
+        return local.resolve()
+    if model_id.startswith((".", "/", "~")) or model_id.count("/") != 1:
+        raise ModelNotFoundError(
+            f"No model directory at {model_id!r} and it is not a hub id of the form 'owner/name'. "
+            "Check the path, or pass a hub id such as 'aligner/aligner-7b-v1.0'."
+        )
+    return _snapshot(model_id, revision)
+
+
+def _snapshot(repo_id: str, revision: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
+        raise ModelNotFoundError(
+            f"Model {repo_id!r} is not a local directory and is not in the Hugging Face cache "
+            f"(offline or unreachable: {type(exc).__name__}). Download it once with network: "
+            f"`hf download {repo_id}` (or huggingface_hub.snapshot_download('{repo_id}')), "
+            "or pass the path of a local copy."
+        ) from exc
+
+
+def read_aligner_config(path: Path) -> dict[str, Any] | None:
+    """The ``aligner_config.json`` beside the weights, or None when there is none."""
+    file = path / ALIGNER_CONFIG_NAME
+    if not file.is_file():
+        return None
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{file} is not valid JSON ({exc}); fix or delete it.") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{file} must hold a JSON object, found {type(data).__name__}.")
+    return data
+
+
+def check_checkpoint(path: Path, *, allow_pickle: bool) -> None:
+    """Fail early, with the reason, on a directory that is not a loadable safe checkpoint."""
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path} has no config.json: it is not a Hugging Face model directory.")
+    safe = list(path.glob("*.safetensors"))
+    pickled = [p for p in path.glob("*.bin")] + [p for p in path.glob("*.pt")]
+    if not safe and not pickled:
+        raise CheckpointError(f"{path} holds no weights (*.safetensors). Save the model with save_pretrained().")
+    if not safe and not allow_pickle:
+        raise CheckpointError(
+            f"{path} holds only pickle weights ({pickled[0].name}), which can run code when loaded. "
+            "Convert them to safetensors, or pass allow_pickle=True if you trust the source."
+        )
+
+
+def _quantization_config(quantization: Quantization | None, dtype: torch.dtype) -> Any:
+    if quantization is None:
+        return None
+    if quantization not in ("4bit", "8bit"):
+        raise ConfigError(f"Unknown quantization {quantization!r}: use '4bit' or '8bit'.")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"quantization={quantization!r} needs bitsandbytes: pip install 'aligner-chains[quant]'."
+        ) from exc
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def _apply_adapter(model: Any, adapter: str) -> Any:
+    try:
+        from peft import PeftModel
+    except ImportError as exc:
+        raise MissingDependencyError(f"adapter={adapter!r} needs peft: pip install 'aligner-chains[lora]'.") from exc
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise ModelNotFoundError(f"Adapter path {adapter!r} has no adapter_config.json; pass a saved PEFT adapter.")
+    return PeftModel.from_pretrained(model, adapter)
+
+
+def load_tokenizer(path: Path, *, trust_remote_code: bool = False) -> Any:
+    """The checkpoint's tokenizer, left-padded, with a pad token (EOS when it has none)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise CheckpointError(f"Cannot load the tokenizer from {path}: {exc}") from exc
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise CheckpointError(f"The tokenizer in {path} has neither a pad nor an EOS token; set eos_token.")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def _context_length(model: Any, tokenizer: Any) -> int | None:
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < 10**7:
+        return limit
+    return None
+
+
+def _load_uncached(model_id: str, path: Path, options: LoadOptions) -> LoadedModel:
+    from transformers import AutoModelForCausalLM
+
+    check_checkpoint(path, allow_pickle=options.allow_pickle)
+    aligner_config = read_aligner_config(path)
+    device = resolve_device(options.device)
+    dtype = resolve_dtype(options.dtype, device)
+    tokenizer = load_tokenizer(path, trust_remote_code=options.trust_remote_code)
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "trust_remote_code": options.trust_remote_code,
+        "use_safetensors": None if options.allow_pickle else True,
+    }
+    quant = _quantization_config(options.quantization, dtype)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = options.device_map or "auto"
+    elif options.device_map is not None:
+        kwargs["device_map"] = options.device_map
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    except (MissingDependencyError, ModelNotFoundError):
+        raise
+    except Exception as exc:
+        raise CheckpointError(
+            f"Cannot load the model weights from {path}: {type(exc).__name__}: {exc}. "
+            "The checkpoint may be corrupt or incomplete: re-download or re-export it."
+        ) from exc
+    if "device_map" not in kwargs:
+        model.to(device)
+    if options.adapter is not None:
+        model = _apply_adapter(model, options.adapter)
+    model.eval()
+    if getattr(model, "hf_device_map", None):
+        device = next(model.parameters()).device
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        model_id=str(model_id),
+        path=path,
+        device=device,
+        dtype=dtype,
+        aligner_config=aligner_config,
+        max_context=_context_length(model, tokenizer),
+    )
+
+
+_cache: dict[tuple[str, LoadOptions], LoadedModel] = {}
+_cache_lock = threading.Lock()
+_load_locks: dict[tuple[str, LoadOptions], threading.Lock] = {}
+
+
+def load_model(model_id: str, options: LoadOptions | None = None) -> LoadedModel:
+    """Load (or fetch from the process-wide cache) the model and tokenizer for ``model_id``.
+
+    Users of the same (path, dtype, device, adapter, ...) share one copy of the weights.
+    """
+    options = options or LoadOptions()
+    path = resolve_model_path(model_id, revision=options.revision)
+    device = resolve_device(options.device)
+    key_options = LoadOptions(
+        device=str(device) if options.device_map is None else "map",
+        dtype=str(resolve_dtype(options.dtype, device)),
+        device_map=options.device_map,
+        quantization=options.quantization,
+        adapter=str(Path(options.adapter).resolve()) if options.adapter else None,
+        trust_remote_code=options.trust_remote_code,
+        allow_pickle=options.allow_pickle,
+        revision=options.revision,
+    )
+    key = (str(path), key_options)
+    with _cache_lock:
+        if key in _cache:
+            return _cache[key]
+        load_lock = _load_locks.setdefault(key, threading.Lock())
+    with load_lock:  # one load per key, even when many threads ask at once
+        with _cache_lock:
+            if key in _cache:
+                return _cache[key]
+        loaded = _load_uncached(str(model_id), path, options)
+        with _cache_lock:
+            _cache[key] = loaded
+        return loaded
+
+
+def clear_model_cache() -> None:
+    """Drop every cached model (frees memory once no Aligner holds a reference)."""
+    with _cache_lock:
+        _cache.clear()
+        _load_locks.clear()
+
+
+def cached_model_count() -> int:
+    """How many distinct models the process-wide cache holds."""
+    with _cache_lock:
+        return len(_cache)

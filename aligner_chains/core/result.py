@@ -1,0 +1,83 @@
+"""`Correction`: the one result type every backend and adapter reports."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+FinishReason = Literal["stop", "length", "skipped", "error"]
+
+_WORDS = re.compile(r"\s+|[^\s]+")
+
+
+class Edit(BaseModel):
+    """One changed span: ``original[orig_start:orig_end]`` became ``corrected[corr_start:corr_end]``."""
+
+    op: Literal["replace", "insert", "delete"]
+    original: str
+    corrected: str
+    orig_start: int
+    orig_end: int
+    corr_start: int
+    corr_end: int
+
+
+class Correction(BaseModel):
+    """An Aligner's correction of one upstream answer, with what it cost."""
+
+    question: str
+    original: str
+    corrected: str
+    changed: bool
+    template: str
+    model: str = ""
+    finish_reason: FinishReason = "stop"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    error: str | None = None
+    stats: dict[str, Any] = Field(default_factory=dict)
+
+    def diff(self) -> list[Edit]:
+        """The spans that differ between original and corrected, at word granularity."""
+        return diff_spans(self.original, self.corrected)
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-able digest for metadata fields (what adapters attach to messages and responses)."""
+        data = self.model_dump(exclude={"question", "corrected"})
+        return data
+
+
+def diff_spans(original: str, corrected: str) -> list[Edit]:
+    """Word-level edits turning ``original`` into ``corrected`` (whitespace runs count as words)."""
+    a = _WORDS.findall(original)
+    b = _WORDS.findall(corrected)
+    a_off = _offsets(a)
+    b_off = _offsets(b)
+    edits: list[Edit] = []
+    matcher = difflib.SequenceMatcher(a=a, b=b, autojunk=False)
+    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+        if op == "equal":
+            continue
+        edits.append(
+            Edit(
+                op=op,  # type: ignore[arg-type]
+                original="".join(a[i1:i2]),
+                corrected="".join(b[j1:j2]),
+                orig_start=a_off[i1],
+                orig_end=a_off[i2],
+                corr_start=b_off[j1],
+                corr_end=b_off[j2],
+            )
+        )
+    return edits
+
+
+def _offsets(tokens: list[str]) -> list[int]:
+    out = [0]
+    for tok in tokens:
+        out.append(out[-1] + len(tok))
+    return out
