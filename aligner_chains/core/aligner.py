@@ -23,6 +23,7 @@ from aligner_chains.core.result import Correction
 from aligner_chains.core.templates import DEFAULT_TEMPLATE, Template, get_template, template_for_model
 
 Overflow = Literal["raise", "truncate_question"]
+OnError = Literal["raise", "passthrough"]
 
 
 @dataclass
@@ -51,9 +52,12 @@ class Aligner:
         *,
         generation: GenerationParams | dict[str, Any] | None = None,
         overflow: Overflow = "raise",
+        on_error: OnError = "raise",
     ) -> None:
         if overflow not in ("raise", "truncate_question"):
             raise ConfigError(f"overflow={overflow!r}: use 'raise' or 'truncate_question'.")
+        _check_on_error(on_error)
+        self.on_error: OnError = on_error
         self.backend = backend
         self.template = get_template(template)
         if isinstance(generation, dict):
@@ -76,6 +80,7 @@ class Aligner:
         allow_pickle: bool = False,
         revision: str | None = None,
         overflow: Overflow = "raise",
+        on_error: OnError = "raise",
         strategy: DecodingStrategy | None = None,
         **generation: Any,
     ) -> Aligner:
@@ -84,6 +89,8 @@ class Aligner:
         The template comes from ``template=``, else the checkpoint's ``aligner_config.json``, else
         the table of released checkpoints; otherwise a `TemplateError` asks for ``template=``.
         Remaining keyword arguments are generation settings (``max_new_tokens``, ``do_sample``, ...).
+        ``on_error="passthrough"`` turns a failed correction into the unchanged answer with
+        ``finish_reason="error"`` and the reason in ``Correction.error``.
         """
         options = LoadOptions(
             device=device,
@@ -105,7 +112,19 @@ class Aligner:
                 f"released checkpoint. Pass template=, e.g. template='aligner-v2' "
                 f"(the default for new models, {DEFAULT_TEMPLATE!r}) or a Template(...)."
             )
-        return cls(LocalBackend(loaded, strategy), template, generation=generation, overflow=overflow)
+        return cls(
+            LocalBackend(loaded, strategy), template, generation=generation, overflow=overflow, on_error=on_error
+        )
+
+    def with_options(self, *, on_error: OnError | None = None, **generation: Any) -> Aligner:
+        """A copy sharing this Aligner's backend (and weights) with other defaults."""
+        return Aligner(
+            self.backend,
+            self.template,
+            generation=self.generation.merged(generation),
+            overflow=self.overflow,
+            on_error=on_error or self.on_error,
+        )
 
     @property
     def model_name(self) -> str:
@@ -167,6 +186,21 @@ class Aligner:
                 return ""
             cut += 1
 
+    def _failed(self, question: Any, answer: Any, exc: Exception) -> Correction:
+        return Correction(
+            question=question if isinstance(question, str) else str(question),
+            original=answer if isinstance(answer, str) else str(answer),
+            corrected=answer if isinstance(answer, str) else str(answer),
+            changed=False,
+            template=self.template.name,
+            model=self.model_name,
+            finish_reason="error",
+            error=f"{type(exc).__name__}: {exc}",
+        )
+
+    def _policy(self, on_error: OnError | None) -> OnError:
+        return self.on_error if on_error is None else _check_on_error(on_error)
+
     def _result(self, req: _Prepared, out: GenerationOutput | None, latency: float) -> Correction:
         if out is None:
             return Correction(
@@ -195,48 +229,89 @@ class Aligner:
 
     # ----------------------------------------------------------------- sync API
 
-    def correct(self, question: str, answer: str, **generation: Any) -> Correction:
+    def correct(self, question: str, answer: str, *, on_error: OnError | None = None, **generation: Any) -> Correction:
         """Correct one answer to ``question``."""
-        return self.correct_batch([(question, answer)], batch_size=1, **generation)[0]
+        return self.correct_batch([(question, answer)], batch_size=1, on_error=on_error, **generation)[0]
 
     def correct_batch(
-        self, pairs: Iterable[tuple[str, str]], batch_size: int = 16, **generation: Any
+        self,
+        pairs: Iterable[tuple[str, str]],
+        batch_size: int = 16,
+        *,
+        on_error: OnError | None = None,
+        **generation: Any,
     ) -> list[Correction]:
         """Correct many pairs: one padded generation per ``batch_size`` pairs, results in input order.
 
         Pairs are grouped by prompt length to waste little padding; each result's ``latency_s`` is
-        the wall time of the batch it ran in.
+        the wall time of the batch it ran in. With ``on_error="passthrough"`` a pair that fails
+        (too long, generation error) comes back unchanged and marked, and the others still run.
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}.")
-        prepared = [self._prepare(*_as_pair(pair, i), generation) for i, pair in enumerate(pairs)]
-        results: list[Correction | None] = [None] * len(prepared)
-        todo = sorted((i for i, p in enumerate(prepared) if not p.skip), key=lambda i: -prepared[i].prompt_tokens)
-        for i, req in enumerate(prepared):
+        policy = self._policy(on_error)
+        items = [_as_pair(pair, i) for i, pair in enumerate(pairs)]
+        results: list[Correction | None] = [None] * len(items)
+        prepared: dict[int, _Prepared] = {}
+        for i, (question, answer) in enumerate(items):
+            try:
+                prepared[i] = self._prepare(question, answer, generation)
+            except TypeError:
+                raise
+            except Exception as exc:
+                if policy == "raise":
+                    raise
+                results[i] = self._failed(question, answer, exc)
+        for i, req in prepared.items():
             if req.skip:
                 results[i] = self._result(req, None, 0.0)
+        todo = sorted((i for i, p in prepared.items() if not p.skip), key=lambda i: -prepared[i].prompt_tokens)
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
-            params = prepared[chunk[0]].params
             started = time.perf_counter()
-            outputs = self.backend.generate([prepared[i].prompt for i in chunk], params)
+            try:
+                outputs = self.backend.generate([prepared[i].prompt for i in chunk], prepared[chunk[0]].params)
+            except Exception as exc:
+                if policy == "raise":
+                    raise
+                for i in chunk:
+                    results[i] = self._failed(*items[i], exc)
+                continue
             latency = time.perf_counter() - started
             for i, out in zip(chunk, outputs, strict=True):
                 results[i] = self._result(prepared[i], out, latency)
         return [r for r in results if r is not None]
 
-    def iter_correction(self, question: str, answer: str, **generation: Any) -> Iterator[str | Correction]:
-        """Yield text pieces as they are generated, then the final `Correction`."""
-        req = self._prepare(question, answer, generation)
+    def iter_correction(
+        self, question: str, answer: str, *, on_error: OnError | None = None, **generation: Any
+    ) -> Iterator[str | Correction]:
+        """Yield text pieces as they are generated, then the final `Correction`.
+
+        With ``on_error="passthrough"``, a failure before the first piece yields the original
+        answer as one piece and a marked `Correction`; a failure mid-stream is raised.
+        """
+        policy = self._policy(on_error)
         started = time.perf_counter()
-        if req.skip:
-            yield self._result(req, None, 0.0)
-            return
-        for item in self.backend.stream(req.prompt, req.params):
-            if isinstance(item, str):
-                yield item
-            else:
-                yield self._result(req, item, time.perf_counter() - started)
+        emitted = False
+        try:
+            req = self._prepare(question, answer, generation)
+            if req.skip:
+                yield self._result(req, None, 0.0)
+                return
+            for item in self.backend.stream(req.prompt, req.params):
+                if isinstance(item, str):
+                    emitted = True
+                    yield item
+                else:
+                    yield self._result(req, item, time.perf_counter() - started)
+        except TypeError:
+            raise
+        except Exception as exc:
+            if policy == "raise" or emitted:
+                raise
+            if answer:
+                yield answer
+            yield self._failed(question, answer, exc)
 
     def stream(self, question: str, answer: str, **generation: Any) -> Iterator[str]:
         """Yield the correction's text pieces as they are generated; they join to ``correct().corrected``."""
@@ -246,28 +321,38 @@ class Aligner:
 
     # ----------------------------------------------------------------- async API
 
-    async def acorrect(self, question: str, answer: str, **generation: Any) -> Correction:
+    async def acorrect(
+        self, question: str, answer: str, *, on_error: OnError | None = None, **generation: Any
+    ) -> Correction:
         """Async `correct`: generation runs in a worker thread, the event loop stays free."""
-        return await asyncio.to_thread(self.correct, question, answer, **generation)
+        return await asyncio.to_thread(self.correct, question, answer, on_error=on_error, **generation)
 
     async def acorrect_batch(
-        self, pairs: Iterable[tuple[str, str]], batch_size: int = 16, **generation: Any
+        self,
+        pairs: Iterable[tuple[str, str]],
+        batch_size: int = 16,
+        *,
+        on_error: OnError | None = None,
+        **generation: Any,
     ) -> list[Correction]:
         """Async `correct_batch`."""
         pairs = list(pairs)
-        return await asyncio.to_thread(self.correct_batch, pairs, batch_size, **generation)
+        return await asyncio.to_thread(self.correct_batch, pairs, batch_size, on_error=on_error, **generation)
 
-    async def aiter_correction(self, question: str, answer: str, **generation: Any) -> AsyncIterator[str | Correction]:
+    async def aiter_correction(
+        self, question: str, answer: str, *, on_error: OnError | None = None, **generation: Any
+    ) -> AsyncIterator[str | Correction]:
         """Async `iter_correction`: pieces arrive as the worker thread generates them."""
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[Any] = asyncio.Queue()
         done = object()
         cancelled = threading.Event()
-        # Validate here so errors surface in the caller's task, not the worker thread.
-        self._prepare(question, answer, generation)
+        for label, value in (("question", question), ("answer", answer)):
+            if not isinstance(value, str):  # raise in the caller's task, not the worker thread
+                raise TypeError(f"{label} must be a str, got {type(value).__name__}: {value!r:.80}")
 
         def work() -> None:
-            iterator = self.iter_correction(question, answer, **generation)
+            iterator = self.iter_correction(question, answer, on_error=on_error, **generation)
             try:
                 for item in iterator:
                     if cancelled.is_set():
@@ -297,6 +382,32 @@ class Aligner:
 
     def __repr__(self) -> str:
         return f"Aligner(model={self.model_name!r}, template={self.template.name!r})"
+
+
+def _check_on_error(on_error: Any) -> OnError:
+    if on_error not in ("raise", "passthrough"):
+        raise ConfigError(f"on_error={on_error!r}: use 'raise' or 'passthrough'.")
+    return on_error
+
+
+def resolve_aligner(aligner: Aligner | str | None = None, default: str = "demo", **options: Any) -> Aligner:
+    """An `Aligner` from what an adapter was given: an Aligner (options re-applied), a model name, or None.
+
+    Adapters call this lazily, so weights load on first use and come from the shared model cache.
+    """
+    on_error = options.pop("on_error", None)
+    if isinstance(aligner, Aligner):
+        if any(v is not None for v in options.values()) and set(options) - {"max_new_tokens", "do_sample"}:
+            loading = sorted(k for k, v in options.items() if v is not None)
+            raise ConfigError(f"Loading options {loading} cannot apply to an already built Aligner; pass a model name.")
+        generation = {k: v for k, v in options.items() if v is not None}
+        return aligner.with_options(on_error=on_error, **generation) if (on_error or generation) else aligner
+    if aligner is None:
+        aligner = default
+    if not isinstance(aligner, str):
+        raise TypeError(f"aligner must be an Aligner, a model path/hub id or None, got {type(aligner).__name__}")
+    kwargs = {k: v for k, v in options.items() if v is not None}
+    return Aligner.from_pretrained(aligner, on_error=on_error or "raise", **kwargs)
 
 
 def _as_pair(pair: Any, index: int) -> tuple[Any, Any]:

@@ -1,0 +1,286 @@
+"""Tests for the demo Aligner dataset builder (reads only the package's own sources/)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from aligner_chains.demo import dataset as ds
+
+N = 2000
+
+
+@pytest.fixture(scope="module")
+def train_rows() -> list[dict[str, str]]:
+    return ds.build_examples(N, 0, "train")
+
+
+@pytest.fixture(scope="module")
+def heldout_rows() -> list[dict[str, str]]:
+    return ds.build_examples(600, 1, "heldout")
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _regex_redact(text: str) -> str:
+    return ds.PHONE_RE.sub(ds.PHONE_TOKEN, ds.EMAIL_RE.sub(ds.EMAIL_TOKEN, text))
+
+
+# -- sources -------------------------------------------------------------------
+
+
+def test_sources_folder_is_small_and_documented() -> None:
+    files = [p for p in ds.SOURCES_DIR.iterdir() if p.is_file()]
+    assert sum(p.stat().st_size for p in files) < 1_500_000
+    readme = (ds.SOURCES_DIR / "README.md").read_text(encoding="utf-8")
+    for needle in ("alpaca_eval", "hh-rlhf", "Apache-2.0", "MIT"):
+        assert needle in readme
+
+
+def test_source_sentences_are_clean() -> None:
+    for split in ("train", "heldout"):
+        for rec in _read_jsonl(ds.SOURCES_DIR / f"passages_{split}.jsonl"):
+            for sent in rec["sentences"]:
+                assert sent.isascii() and 4 <= len(sent.split()) <= 30
+                assert not ds.find_contacts(sent) and "http" not in sent and "**" not in sent
+            if rec["question"]:
+                assert len(rec["question"].split()) <= 20
+
+
+def test_train_and_heldout_base_texts_are_disjoint() -> None:
+    def texts(split: str) -> tuple[set[str], set[str], set[str]]:
+        recs = _read_jsonl(ds.SOURCES_DIR / f"passages_{split}.jsonl")
+        sents = {s for r in recs for s in r["sentences"]}
+        questions = {r["question"] for r in recs if r["question"]}
+        dangerous = {r["question"] for r in _read_jsonl(ds.SOURCES_DIR / f"dangerous_{split}.jsonl")}
+        return sents, questions, dangerous
+
+    train, heldout = texts("train"), texts("heldout")
+    assert len(train[0]) > 1000 and len(heldout[0]) > 200
+    for a, b in zip(train, heldout, strict=True):
+        assert not a & b
+
+
+def test_heldout_answers_use_no_train_sentences(heldout_rows: list[dict[str, str]]) -> None:
+    train_sents = ds.load_sources("train").passages
+    train_set = {s for _, sents in train_sents for s in sents}
+    heldout_set = {s for _, sents in ds.load_sources("heldout").passages for s in sents}
+    for row in heldout_rows:
+        if row["category"] == "passage":
+            assert not any(s in row["answer"] for s in train_set if s not in heldout_set)
+            assert any(s in row["answer"] for s in heldout_set)
+
+
+def test_heldout_uses_other_contact_pools(heldout_rows: list[dict[str, str]]) -> None:
+    train = ds._POOLS["train"]
+    train_words = set(train.domains) | set(train.first) | set(train.last)
+    heldout_emails = [m.group(0) for r in heldout_rows for m in ds.EMAIL_RE.finditer(r["answer"])]
+    assert heldout_emails
+    for email in heldout_emails:
+        user, host = email.lower().split("@")
+        assert not train_words & set(host.split(".")), email
+        assert not train_words & set(re.split(r"[._+]", user)), email
+
+
+# -- builder -------------------------------------------------------------------
+
+
+def test_deterministic_given_seed() -> None:
+    a = ds.build_examples(300, 0, "train")
+    assert a == ds.build_examples(300, 0, "train")
+    assert a != ds.build_examples(300, 1, "train")
+    h = ds.build_examples(200, 0, "heldout")
+    assert h == ds.build_examples(200, 0, "heldout")
+    assert h != a[:200]
+
+
+def test_row_fields(train_rows: list[dict[str, str]]) -> None:
+    assert len(train_rows) == N
+    for row in train_rows:
+        assert {"question", "answer", "correction", "kind"} <= set(row)
+        assert row["kind"] in ("clean", "redact", "refuse")
+        assert all(isinstance(row[k], str) and row[k].strip() for k in ("question", "answer", "correction"))
+
+
+@pytest.mark.parametrize("split", ["train", "heldout"])
+def test_redact_examples(split: str, train_rows: list[dict[str, str]], heldout_rows: list[dict[str, str]]) -> None:
+    rows = train_rows if split == "train" else heldout_rows
+    redacts = [r for r in rows if r["kind"] == "redact"]
+    assert redacts
+    n_tokens = []
+    for row in redacts:
+        answer, correction = row["answer"], row["correction"]
+        contacts = [answer[s:e] for s, e, _ in ds.find_contacts(answer)]
+        assert 1 <= len(contacts) <= 3
+        assert "[EMAIL]" not in answer and "[PHONE]" not in answer
+        # no raw contact left in the correction
+        assert not ds.EMAIL_RE.search(correction) and not ds.PHONE_RE.search(correction)
+        assert not any(c in correction for c in contacts)
+        # correction == answer with each contact replaced, nothing else changed
+        assert correction == _regex_redact(answer) == ds.redact(answer)
+        expected = answer
+        for c in contacts:
+            token = ds.EMAIL_TOKEN if "@" in c else ds.PHONE_TOKEN
+            expected = expected.replace(c, token, 1)
+        assert correction == expected
+        n_tokens.append(correction.count(ds.EMAIL_TOKEN) + correction.count(ds.PHONE_TOKEN))
+    assert {1, 2, 3} <= set(n_tokens)
+    text = " ".join(r["answer"] for r in redacts)
+    assert ds.EMAIL_RE.search(text) and ds.PHONE_RE.search(text)
+
+
+def test_clean_examples_are_identical(train_rows: list[dict[str, str]], heldout_rows: list[dict[str, str]]) -> None:
+    for row in train_rows + heldout_rows:
+        if row["kind"] == "clean":
+            assert row["correction"] == row["answer"]
+            assert not ds.find_contacts(row["answer"])
+        if row["kind"] != "redact":
+            assert "[EMAIL]" not in row["correction"] and "[PHONE]" not in row["correction"]
+
+
+def test_refuse_examples(train_rows: list[dict[str, str]]) -> None:
+    refusals = set(ds.REFUSALS.values())
+    refuse = [r for r in train_rows if r["kind"] == "refuse"]
+    assert {r["category"] for r in refuse} == set(ds.REFUSALS)
+    for row in refuse:
+        assert row["correction"] == ds.REFUSALS[row["category"]]
+        assert row["answer"] not in refusals and not ds.find_contacts(row["answer"])
+    for refusal in refusals:
+        assert 1 <= len(re.findall(r"[.!?](?:\s|$)", refusal)) <= 2
+
+
+def test_mix_proportions(train_rows: list[dict[str, str]], heldout_rows: list[dict[str, str]]) -> None:
+    for rows in (train_rows, heldout_rows):
+        n = len(rows)
+        share = {k: sum(r["kind"] == k for r in rows) / n for k in ("clean", "redact", "refuse")}
+        # 45 % clean copy + already-refused dangerous (copied), 35 % redact, 20 % dangerous
+        assert share["clean"] == pytest.approx(0.49, abs=0.02)
+        assert share["redact"] == pytest.approx(0.35, abs=0.02)
+        assert share["refuse"] == pytest.approx(0.16, abs=0.02)
+        dangerous = [r for r in rows if r["category"] in ds.REFUSALS]
+        assert len(dangerous) / n == pytest.approx(0.20, abs=0.02)
+        already = sum(r["kind"] == "clean" for r in dangerous) / len(dangerous)
+        assert 0.1 <= already <= 0.3
+        triggers = sum(r["category"] == "benign_trigger" for r in rows) / n
+        assert 0.03 <= triggers <= 0.08
+
+
+def test_benign_trigger_questions_are_copied(train_rows: list[dict[str, str]]) -> None:
+    triggers = [r for r in train_rows if r["category"] == "benign_trigger"]
+    words = " ".join(r["question"].lower() for r in triggers)
+    for w in ("kill", "shoot", "poison", "hack"):
+        assert w in words
+    assert all(r["kind"] == "clean" and r["correction"] == r["answer"] for r in triggers)
+
+
+def test_answer_length_bounds(train_rows: list[dict[str, str]], heldout_rows: list[dict[str, str]]) -> None:
+    for rows in (train_rows, heldout_rows):
+        words = [len(r["answer"].split()) for r in rows]
+        assert min(words) >= ds.MIN_ANSWER_WORDS and max(words) <= ds.MAX_ANSWER_WORDS
+        assert 15 <= sum(words) / len(words) <= 70
+        assert sum(15 <= w <= 70 for w in words) / len(words) >= 0.8
+
+
+def test_invalid_split() -> None:
+    with pytest.raises(ValueError):
+        ds.build_examples(10, 0, "test")  # type: ignore[arg-type]
+
+
+# -- regexes -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "phone",
+    [
+        "+1 415-555-0132",
+        "(020) 7946 0958",
+        "555-867-5309",
+        "+44 20 7946 0958",
+        "0412 345 678",
+        "415.555.0199",
+        "1-800-555-0199",
+        "+1 (415) 555-0132",
+        "+353 1 234 5678",
+    ],
+)
+def test_phone_formats(phone: str) -> None:
+    text = f"Call us on {phone}. Thanks."
+    assert [text[s:e] for s, e, _ in ds.find_contacts(text)] == [phone]
+    assert ds.redact(text) == "Call us on [PHONE]. Thanks."
+
+
+@pytest.mark.parametrize("email", ["j.smith42@example.org", "sales-team@acme-corp.co.uk", "a+b@mail.x.io"])
+def test_email_formats(email: str) -> None:
+    text = f"Write to {email}."
+    assert ds.redact(text) == "Write to [EMAIL]."
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["It ran from 1990-2000 in total.", "Between 10 and 20 people, 3.14 and 2,000,000.", "See section 4.2.1 now."],
+)
+def test_no_false_contacts(text: str) -> None:
+    assert ds.find_contacts(text) == [] and ds.redact(text) == text
+
+
+# -- scoring and io ------------------------------------------------------------
+
+
+def test_score_perfect_predictions(train_rows: list[dict[str, str]]) -> None:
+    scores = ds.score_demo(train_rows, [r["correction"] for r in train_rows])
+    for key in ("exact_match", "clean_unchanged", "redaction_rate", "refusal_rate", "refusal_exact"):
+        assert scores[key] == 1.0, key
+    assert scores["false_redaction"] == 0.0 and scores["over_refusal"] == 0.0
+    assert scores["n"] == N
+    assert scores["n_clean"] + scores["n_redact"] + scores["n_refuse"] == N
+    assert scores["n_with_contacts"] == scores["n_redact"]
+
+
+def test_score_answer_copies(train_rows: list[dict[str, str]]) -> None:
+    scores = ds.score_demo(train_rows, [r["answer"] for r in train_rows])
+    n_clean = sum(r["kind"] == "clean" for r in train_rows)
+    assert scores["exact_match"] == pytest.approx(n_clean / N)
+    assert scores["clean_unchanged"] == 1.0
+    assert scores["redaction_rate"] == 0.0
+    assert scores["false_redaction"] == 0.0
+    assert scores["refusal_rate"] == 0.0 and scores["refusal_exact"] == 0.0
+
+
+def test_score_partial_and_false_redaction() -> None:
+    rows = [
+        {"question": "q", "answer": "Mail a@b.com or call 555-867-5309.", "correction": "", "kind": "redact"},
+        {"question": "q", "answer": "Mail a@b.com or call 555-867-5309.", "correction": "", "kind": "redact"},
+        {"question": "q", "answer": "Plain text here.", "correction": "Plain text here.", "kind": "clean"},
+        {"question": "q", "answer": "Sure, do it.", "correction": ds.REFUSALS["poison"], "kind": "refuse"},
+    ]
+    for r in rows[:2]:
+        r["correction"] = ds.redact(r["answer"])
+    preds = [
+        "Mail [EMAIL] or call 555-867-5309.",  # phone left
+        "Mail [EMAIL] or call [PHONE].",
+        "Plain [EMAIL] here.",
+        ds.REFUSALS["drugs"],  # a refusal, wrong category
+    ]
+    scores = ds.score_demo(rows, preds)
+    assert scores["redaction_rate"] == 0.5
+    assert scores["false_redaction"] == 0.5
+    assert scores["refusal_rate"] == 1.0 and scores["refusal_exact"] == 0.0
+    assert scores["exact_match"] == 0.25
+    assert math.isnan(ds.score_demo([], [])["exact_match"])
+    with pytest.raises(ValueError):
+        ds.score_demo(rows, preds[:1])
+
+
+def test_write_jsonl_and_cli(tmp_path: Path) -> None:
+    rows = ds.build_examples(20, 3, "heldout")
+    ds.write_jsonl(rows, tmp_path / "a" / "rows.jsonl")
+    assert _read_jsonl(tmp_path / "a" / "rows.jsonl") == rows
+    out = tmp_path / "cli.jsonl"
+    ds.main(["--n", "20", "--seed", "3", "--split", "heldout", "--out", str(out)])
+    assert _read_jsonl(out) == rows
