@@ -5,3 +5,22 @@ from aligner_chains.core import __all__ as _core_all
 
 __version__ = "0.1.0"
 __all__ = [*_core_all, "__version__"]
+
+# Adapters are imported on first use, so `import aligner_chains` does not import LangChain.
+_LAZY_EXPORTS = {
+    "AlignerRunnable": "aligner_chains.langchain",
+    "AlignedChatModel": "aligner_chains.langchain",
+    "AlignerMiddleware": "aligner_chains.langchain",
+    "AlignerNodePostprocessor": "aligner_chains.llama_index",
+    "AlignerQueryEngine": "aligner_chains.llama_index",
+    "AlignerWorkflow": "aligner_chains.llama_index",
+}
+
+
+def __getattr__(name: str):
+    """Lazy exports of the framework adapters (``from aligner_chains import AlignerRunnable``)."""
+    if name in _LAZY_EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from aligner_chains.core.errors import AlignerError, DataError
-
-Command = Callable[[argparse.Namespace], int]
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -134,18 +132,28 @@ def build_parser() -> argparse.ArgumentParser:
     templates = sub.add_parser("templates", help="list the registered prompt templates")
     templates.set_defaults(func=cmd_templates)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    train = sub.add_parser("train", help="train an Aligner (any further --key value overrides the config)")
+    kinds = train.add_subparsers(dest="kind", required=True)
+    sft = kinds.add_parser("sft", help="correction SFT (runs under `accelerate launch` too)")
+    sft.add_argument("--config", help="YAML or JSON file of SFTConfig fields")
+    sft.set_defaults(func=cmd_train_sft, accepts_overrides=True)
     return parser
 
 
-# Subcommands contributed by other modules (training, evaluation, ...) register here.
-_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+def cmd_train_sft(args: argparse.Namespace) -> int:
+    from aligner_chains.finetune.sft import run_from_args
+
+    print(f"Exported to {run_from_args(args.config, args.overrides)}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``aligner-chains`` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.overrides = rest
     try:
         return int(args.func(args))
     except AlignerError as exc:

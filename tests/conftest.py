@@ -15,6 +15,9 @@ import torch
 
 from aligner_chains.testing import build_tiny_llama
 
+# Tiny models run fastest on one thread; OpenMP threads on a busy 2-core machine spin for seconds.
+torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():

@@ -182,9 +182,13 @@ def test_truncate_question_cuts_from_the_left(tiny_model_dir: Path) -> None:
         aligner.correct("short", "word " * 2000)
 
 
-def test_default_max_new_tokens_fits_context(tiny_model_dir: Path) -> None:
+def test_default_max_new_tokens_is_the_room_left(tiny_model_dir: Path) -> None:
     aligner = Aligner.from_pretrained(str(tiny_model_dir))
-    assert aligner._max_new_tokens(aligner.generation) == 256  # half of the 512-token context
+    prepared = aligner._prepare("q", "a short answer", {})
+    assert prepared.params.max_new_tokens == 512 - prepared.prompt_tokens
+    long_answer = "word " * 200  # fits as a prompt, but leaves less room than the answer's own length
+    with pytest.raises(InputTooLongError, match="the answer's own length"):
+        aligner.correct("q", long_answer)
 
 
 def test_generation_settings_validated(tiny_model_dir: Path) -> None:

@@ -16,6 +16,7 @@ from aligner_chains.core.errors import (
     DataError,
     InputTooLongError,
     MissingDependencyError,
+    MissingQuestionError,
     ModelNotFoundError,
     TemplateError,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "LoadOptions",
     "LocalBackend",
     "MissingDependencyError",
+    "MissingQuestionError",
     "ModelNotFoundError",
     "Template",
     "TemplateError",

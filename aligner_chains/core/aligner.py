@@ -103,6 +103,8 @@ class Aligner:
             revision=revision,
         )
         loaded = load_model(model, options)
+        stored_generation = (loaded.aligner_config or {}).get("generation") or {}
+        generation = {**stored_generation, **generation}
         if template is None:
             stored = (loaded.aligner_config or {}).get("template")
             template = stored if stored is not None else template_for_model(model)
@@ -133,41 +135,48 @@ class Aligner:
 
     # ----------------------------------------------------------------- preparation
 
-    def _max_new_tokens(self, params: GenerationParams) -> int:
-        if params.max_new_tokens is not None:
-            return params.max_new_tokens
-        context = self.backend.max_context
-        return min(DEFAULT_MAX_NEW_TOKENS, context // 2) if context else DEFAULT_MAX_NEW_TOKENS
-
     def _prepare(self, question: Any, answer: Any, overrides: dict[str, Any]) -> _Prepared:
+        """Validate, render and size one request.
+
+        ``max_new_tokens`` left unset means the room left in the context (at most 2048); the input
+        is then too long when that room is smaller than the answer itself, since a correction is
+        about as long as the answer it rewrites.
+        """
         for label, value in (("question", question), ("answer", answer)):
             if not isinstance(value, str):
                 raise TypeError(f"{label} must be a str, got {type(value).__name__}: {value!r:.80}")
         params = self.generation.merged(overrides)
-        params = params.model_copy(update={"max_new_tokens": self._max_new_tokens(params)})
         if not answer.strip():
             return _Prepared(question, answer, "", 0, params, skip=True)
         prompt = self.template.render(question, answer)
         n_prompt = self.backend.count_tokens(prompt)
         context = self.backend.max_context
-        max_new = int(params.max_new_tokens or 0)
-        if context is None or n_prompt + max_new <= context:
-            return _Prepared(question, answer, prompt, n_prompt, params)
-        if self.overflow == "truncate_question":
-            fitted = self._fit_question(question, answer, context - max_new)
+        explicit = params.max_new_tokens
+        if context is None:
+            return _Prepared(
+                question, answer, prompt, n_prompt, _with_max_new(params, explicit or DEFAULT_MAX_NEW_TOKENS)
+            )
+        need = explicit if explicit is not None else self.backend.count_tokens(answer)
+        if n_prompt + need > context and self.overflow == "truncate_question":
+            fitted = self._fit_question(question, answer, context - need)
             if fitted is not None:
-                prompt = self.template.render(fitted, answer)
-                return _Prepared(fitted, answer, prompt, self.backend.count_tokens(prompt), params)
+                question, prompt = fitted, self.template.render(fitted, answer)
+                n_prompt = self.backend.count_tokens(prompt)
+        if n_prompt + need <= context:
+            max_new = explicit if explicit is not None else min(DEFAULT_MAX_NEW_TOKENS, context - n_prompt)
+            return _Prepared(question, answer, prompt, n_prompt, _with_max_new(params, max_new))
+        what = f"max_new_tokens={explicit}" if explicit is not None else f"the answer's own length ({need} tokens)"
         raise InputTooLongError(
-            f"The prompt takes {n_prompt} tokens and max_new_tokens={max_new}: {n_prompt + max_new} tokens "
-            f"exceed the model's context of {context}. Shorten the answer or lower max_new_tokens"
+            f"The prompt takes {n_prompt} tokens; with {what} that is {n_prompt + need} tokens, more than "
+            f"the model's context of {context}. Shorten the answer"
+            + (" or lower max_new_tokens" if explicit is not None else "")
             + (
                 " (the answer alone is too long even with the question removed)."
                 if self.overflow == "truncate_question"
                 else ", or pass overflow='truncate_question' to cut the question from the left."
             ),
             prompt_tokens=n_prompt,
-            max_new_tokens=max_new,
+            max_new_tokens=need,
             context=context,
         )
 
@@ -187,15 +196,12 @@ class Aligner:
             cut += 1
 
     def _failed(self, question: Any, answer: Any, exc: Exception) -> Correction:
-        return Correction(
-            question=question if isinstance(question, str) else str(question),
-            original=answer if isinstance(answer, str) else str(answer),
-            corrected=answer if isinstance(answer, str) else str(answer),
-            changed=False,
+        return Correction.failed(
+            question if isinstance(question, str) else str(question),
+            answer if isinstance(answer, str) else str(answer),
+            exc,
             template=self.template.name,
             model=self.model_name,
-            finish_reason="error",
-            error=f"{type(exc).__name__}: {exc}",
         )
 
     def _policy(self, on_error: OnError | None) -> OnError:
@@ -384,30 +390,55 @@ class Aligner:
         return f"Aligner(model={self.model_name!r}, template={self.template.name!r})"
 
 
+def _with_max_new(params: GenerationParams, max_new: int) -> GenerationParams:
+    return params.model_copy(update={"max_new_tokens": max_new})
+
+
 def _check_on_error(on_error: Any) -> OnError:
     if on_error not in ("raise", "passthrough"):
         raise ConfigError(f"on_error={on_error!r}: use 'raise' or 'passthrough'.")
     return on_error
 
 
-def resolve_aligner(aligner: Aligner | str | None = None, default: str = "demo", **options: Any) -> Aligner:
-    """An `Aligner` from what an adapter was given: an Aligner (options re-applied), a model name, or None.
+LOADING_OPTIONS = frozenset(
+    {
+        "template",
+        "device",
+        "dtype",
+        "device_map",
+        "quantization",
+        "adapter",
+        "trust_remote_code",
+        "allow_pickle",
+        "revision",
+        "overflow",
+        "strategy",
+    }
+)
 
+
+def resolve_aligner(aligner: Aligner | str | None = None, default: str = "demo", **options: Any) -> Aligner:
+    """An `Aligner` from what an adapter was given: an Aligner, a model path/hub id, or None (``default``).
+
+    Options left at None are ignored. For a built Aligner, generation settings and ``on_error``
+    apply to a copy sharing its weights; loading options (device, dtype, ...) cannot and raise.
     Adapters call this lazily, so weights load on first use and come from the shared model cache.
     """
+    options = {k: v for k, v in options.items() if v is not None}
     on_error = options.pop("on_error", None)
     if isinstance(aligner, Aligner):
-        if any(v is not None for v in options.values()) and set(options) - {"max_new_tokens", "do_sample"}:
-            loading = sorted(k for k, v in options.items() if v is not None)
-            raise ConfigError(f"Loading options {loading} cannot apply to an already built Aligner; pass a model name.")
-        generation = {k: v for k, v in options.items() if v is not None}
-        return aligner.with_options(on_error=on_error, **generation) if (on_error or generation) else aligner
+        loading = sorted(set(options) & LOADING_OPTIONS)
+        if loading:
+            raise ConfigError(
+                f"Loading options {loading} cannot apply to an already built Aligner; "
+                "pass a model name instead, or build the Aligner with them."
+            )
+        return aligner.with_options(on_error=on_error, **options) if (on_error or options) else aligner
     if aligner is None:
         aligner = default
     if not isinstance(aligner, str):
         raise TypeError(f"aligner must be an Aligner, a model path/hub id or None, got {type(aligner).__name__}")
-    kwargs = {k: v for k, v in options.items() if v is not None}
-    return Aligner.from_pretrained(aligner, on_error=on_error or "raise", **kwargs)
+    return Aligner.from_pretrained(aligner, on_error=on_error or "raise", **options)
 
 
 def _as_pair(pair: Any, index: int) -> tuple[Any, Any]:

@@ -39,3 +39,7 @@ class ConfigError(AlignerError, ValueError):
 
 class DataError(AlignerError, ValueError):
     """A dataset file or row is malformed; the message names file, line and field."""
+
+
+class MissingQuestionError(AlignerError, ValueError):
+    """No question could be found for an answer (and the caller asked for an error)."""

@@ -41,6 +41,21 @@ class Correction(BaseModel):
     error: str | None = None
     stats: dict[str, Any] = Field(default_factory=dict)
 
+    @classmethod
+    def failed(cls, question: str, answer: str, error: BaseException | str, *, template: str, model: str) -> Correction:
+        """The passthrough result of a failed correction: the answer unchanged, the reason in ``error``."""
+        reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        return cls(
+            question=question,
+            original=answer,
+            corrected=answer,
+            changed=False,
+            template=template,
+            model=model,
+            finish_reason="error",
+            error=reason,
+        )
+
     def diff(self) -> list[Edit]:
         """The spans that differ between original and corrected, at word granularity."""
         return diff_spans(self.original, self.corrected)

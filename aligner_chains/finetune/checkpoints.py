@@ -1,0 +1,44 @@
+"""Resumable checkpoints: ``accelerator.save_state`` folders named by optimizer step."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+DONE_MARKER = "step.json"
+
+
+def checkpoint_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def latest_checkpoint(output_dir: str | Path) -> tuple[Path, int] | None:
+    """The newest complete checkpoint (its marker is written last) and its step, or None."""
+    found = []
+    for path in checkpoint_dir(output_dir).glob("step-*"):
+        marker = path / DONE_MARKER
+        if marker.is_file():
+            try:
+                found.append((int(json.loads(marker.read_text())["step"]), path))
+            except (ValueError, KeyError, json.JSONDecodeError):
+                continue
+    if not found:
+        return None
+    step, path = max(found)
+    return path, step
+
+
+def save_checkpoint(accelerator: Any, output_dir: str | Path, step: int, keep: int, extra: dict[str, Any]) -> Path:
+    """Save model, optimizer, scheduler and RNG state; then the marker; then prune old checkpoints."""
+    path = checkpoint_dir(output_dir) / f"step-{step:08d}"
+    accelerator.save_state(str(path))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (path / DONE_MARKER).write_text(json.dumps({"step": step, **extra}), encoding="utf-8")
+        complete = sorted(p for p in checkpoint_dir(output_dir).glob("step-*") if (p / DONE_MARKER).is_file())
+        for old in complete[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return path

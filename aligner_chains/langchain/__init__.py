@@ -1,0 +1,39 @@
+"""LangChain adapter: `AlignerRunnable` (``llm | AlignerRunnable()``), `AlignedChatModel` and `AlignerMiddleware`.
+
+Importing this package registers the run-input recorder used for question recovery
+(see `aligner_chains.langchain.question`). `AlignerMiddleware` needs the ``langchain`` extra and is
+imported on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aligner_chains.langchain.chat_model import AlignedChatModel
+from aligner_chains.langchain.question import QUESTION_METADATA_KEY, extract_question
+from aligner_chains.langchain.runnable import (
+    DEFAULT_MODEL,
+    DIFF_EVENT,
+    AlignedChain,
+    AlignerRunnable,
+    MissingQuestionError,
+)
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "DIFF_EVENT",
+    "QUESTION_METADATA_KEY",
+    "AlignedChain",
+    "AlignedChatModel",
+    "AlignerRunnable",
+    "MissingQuestionError",
+    "extract_question",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "AlignerMiddleware":
+        from aligner_chains.langchain.middleware import AlignerMiddleware
+
+        return AlignerMiddleware
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

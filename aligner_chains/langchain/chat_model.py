@@ -1,0 +1,259 @@
+"""`AlignedChatModel`: any chat model whose replies are corrected by an Aligner, usable wherever a chat model is."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any
+
+from langchain_core.callbacks import (
+    AsyncCallbackManager,
+    AsyncCallbackManagerForLLMRun,
+    CallbackManager,
+    CallbackManagerForLLMRun,
+)
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
+from langchain_core.tools import BaseTool
+from pydantic import ConfigDict, Field, field_validator
+
+from aligner_chains.core.aligner import Aligner
+from aligner_chains.langchain.messages import last_human_text
+from aligner_chains.langchain.question import QUESTION_METADATA_KEY
+from aligner_chains.langchain.runnable import AlignerRunnable
+
+__all__ = ["AlignedChatModel"]
+
+
+def _as_ai_message(reply: Any) -> AIMessage:
+    if isinstance(reply, AIMessage):
+        return reply
+    if isinstance(reply, str):
+        return AIMessage(content=reply)
+    if isinstance(reply, BaseMessage):
+        return AIMessage(content=reply.content, id=reply.id, response_metadata=dict(reply.response_metadata))
+    raise TypeError(
+        f"The upstream model of AlignedChatModel returned {type(reply).__name__}, not a message: {reply!r:.80}"
+    )
+
+
+def _as_ai_chunk(chunk: Any) -> AIMessageChunk:
+    if isinstance(chunk, AIMessageChunk):
+        return chunk
+    if isinstance(chunk, str):
+        return AIMessageChunk(content=chunk)
+    message = _as_ai_message(chunk)
+    return AIMessageChunk(**message.model_dump(exclude={"type"}))
+
+
+def _child_callbacks(run_manager: Any) -> Any:
+    """Callbacks for runs nested under a chat-model run (LLM run managers have no ``get_child``)."""
+    if run_manager is None:
+        return None
+    manager_class = AsyncCallbackManager if isinstance(run_manager, AsyncCallbackManagerForLLMRun) else CallbackManager
+    manager = manager_class(handlers=[], parent_run_id=run_manager.run_id)
+    manager.set_handlers(run_manager.inheritable_handlers)
+    manager.add_tags(run_manager.inheritable_tags)
+    manager.add_metadata(run_manager.inheritable_metadata)
+    return manager
+
+
+def _chat_model_of(llm: Runnable[Any, Any]) -> BaseChatModel | None:
+    while isinstance(llm, RunnableBinding):
+        llm = llm.bound
+    return llm if isinstance(llm, BaseChatModel) else None
+
+
+class AlignedChatModel(BaseChatModel):
+    """A chat model whose every reply is corrected by an Aligner: ``AlignedChatModel(llm=chat_model, aligner="demo")``.
+
+    The upstream model answers; the Aligner corrects the text of the answer to the conversation's last
+    human message. Ids, metadata, usage and tool calls of the reply are kept (tool-call-only turns are
+    not corrected), and ``response_metadata["aligner"]`` holds the correction summary. ``bind_tools``
+    (and so tool-calling ``with_structured_output``) delegate to the upstream model.
+
+    Standard parameters: ``max_tokens`` and ``temperature`` set the Aligner's generation (``None`` or
+    ``0`` is greedy); ``stop`` is passed to the upstream model; ``streaming=True`` makes ``invoke``
+    use the streaming path.
+    """
+
+    llm: Runnable[LanguageModelInput, BaseMessage]
+    """The upstream chat model (or any runnable from messages to a message)."""
+    aligner: AlignerRunnable = Field(default_factory=AlignerRunnable)
+    """An `AlignerRunnable`, an `Aligner`, a model path / hub id / ``"demo"``, or None for the default model."""
+    max_tokens: int | None = None
+    temperature: float | None = None
+    stop: list[str] | None = None
+    streaming: bool = False
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    @field_validator("aligner", mode="before")
+    @classmethod
+    def _coerce_aligner(cls, value: Any) -> AlignerRunnable:
+        if isinstance(value, AlignerRunnable):
+            return value
+        if value is None or isinstance(value, (str, Aligner)):
+            return AlignerRunnable(model=value)
+        raise TypeError(
+            f"aligner must be an AlignerRunnable, an Aligner, a model path/hub id or None, got {type(value).__name__}"
+        )
+
+    @property
+    def _llm_type(self) -> str:
+        return "aligned-chat-model"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        upstream = _chat_model_of(self.llm)
+        return {
+            "llm": upstream._llm_type if upstream is not None else type(self.llm).__name__,
+            "aligner": self.aligner._model_label(),
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
+        """Tracing parameters: the upstream model's provider and name, the Aligner's generation settings."""
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        upstream = _chat_model_of(self.llm)
+        upstream_params: dict[str, Any] = {}
+        if upstream is not None:
+            try:
+                upstream_params = dict(upstream._get_ls_params(stop=stop))
+            except Exception:
+                upstream_params = {}
+        params["ls_provider"] = upstream_params.get("ls_provider") or "aligner_chains"
+        if isinstance(kwargs.get("model"), str):
+            params["ls_model_name"] = kwargs["model"]
+        else:
+            params["ls_model_name"] = upstream_params.get("ls_model_name") or self.aligner._model_label()
+        if self.max_tokens is not None:
+            params["ls_max_tokens"] = self.max_tokens
+        if self.temperature is not None:
+            params["ls_temperature"] = self.temperature
+        if stop or self.stop:
+            params["ls_stop"] = stop or self.stop
+        return params
+
+    # ----------------------------------------------------------------- helpers
+
+    def _generation(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.max_tokens is not None:
+            out["max_new_tokens"] = self.max_tokens
+        if self.temperature is not None:
+            out.update(
+                {"do_sample": True, "temperature": self.temperature} if self.temperature > 0 else {"do_sample": False}
+            )
+        return out
+
+    def _upstream_kwargs(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        stop = stop or self.stop
+        return {**kwargs, "stop": stop} if stop else dict(kwargs)
+
+    @staticmethod
+    def _aligner_config(messages: list[BaseMessage], callbacks: Any) -> RunnableConfig:
+        config: RunnableConfig = {"callbacks": callbacks}
+        question = last_human_text(messages)
+        if question is not None:
+            config["metadata"] = {QUESTION_METADATA_KEY: question}
+        return config
+
+    # ----------------------------------------------------------------- generation
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if self.streaming:
+            from langchain_core.language_models.chat_models import generate_from_stream
+
+            return generate_from_stream(self._stream(messages, stop=stop, run_manager=run_manager, **kwargs))
+        callbacks = _child_callbacks(run_manager)
+        reply = self.llm.invoke(messages, {"callbacks": callbacks}, **self._upstream_kwargs(stop, kwargs))
+        corrected = self.aligner.invoke(
+            _as_ai_message(reply), self._aligner_config(messages, callbacks), **self._generation()
+        )
+        return ChatResult(generations=[ChatGeneration(message=corrected)])
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if self.streaming:
+            from langchain_core.language_models.chat_models import agenerate_from_stream
+
+            return await agenerate_from_stream(self._astream(messages, stop=stop, run_manager=run_manager, **kwargs))
+        callbacks = _child_callbacks(run_manager)
+        reply = await self.llm.ainvoke(messages, {"callbacks": callbacks}, **self._upstream_kwargs(stop, kwargs))
+        corrected = await self.aligner.ainvoke(
+            _as_ai_message(reply), self._aligner_config(messages, callbacks), **self._generation()
+        )
+        return ChatResult(generations=[ChatGeneration(message=corrected)])
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        callbacks = _child_callbacks(run_manager)
+        upstream = (
+            _as_ai_chunk(chunk)
+            for chunk in self.llm.stream(messages, {"callbacks": callbacks}, **self._upstream_kwargs(stop, kwargs))
+        )
+        config = self._aligner_config(messages, callbacks)
+        for chunk in self.aligner.transform(upstream, config, **self._generation()):
+            generation = ChatGenerationChunk(message=chunk)
+            if run_manager:
+                run_manager.on_llm_new_token(chunk.text, chunk=generation)
+            yield generation
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        callbacks = _child_callbacks(run_manager)
+        upstream_kwargs = self._upstream_kwargs(stop, kwargs)
+
+        async def upstream() -> AsyncIterator[AIMessageChunk]:
+            async for chunk in self.llm.astream(messages, {"callbacks": callbacks}, **upstream_kwargs):
+                yield _as_ai_chunk(chunk)
+
+        config = self._aligner_config(messages, callbacks)
+        async for chunk in self.aligner.atransform(upstream(), config, **self._generation()):
+            generation = ChatGenerationChunk(message=chunk)
+            if run_manager:
+                await run_manager.on_llm_new_token(chunk.text, chunk=generation)
+            yield generation
+
+    # ----------------------------------------------------------------- tools
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools through the upstream model's own ``bind_tools``; replies stay corrected."""
+        bind = getattr(self.llm, "bind_tools", None)
+        if bind is None:
+            raise NotImplementedError(
+                f"The upstream model {type(self.llm).__name__} has no bind_tools; use a chat model with tool calling."
+            )
+        if tool_choice is not None:
+            kwargs["tool_choice"] = tool_choice
+        return self.model_copy(update={"llm": bind(tools, **kwargs)}).bind()
