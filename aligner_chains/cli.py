@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -132,19 +133,33 @@ def build_parser() -> argparse.ArgumentParser:
     templates = sub.add_parser("templates", help="list the registered prompt templates")
     templates.set_defaults(func=cmd_templates)
 
-    train = sub.add_parser("train", help="train an Aligner (any further --key value overrides the config)")
+    train = sub.add_parser("train", help="train a model (any further --key value overrides the config)")
     kinds = train.add_subparsers(dest="kind", required=True)
-    sft = kinds.add_parser("sft", help="correction SFT (runs under `accelerate launch` too)")
-    sft.add_argument("--config", help="YAML or JSON file of SFTConfig fields")
-    sft.set_defaults(func=cmd_train_sft, accepts_overrides=True)
+    for name, (module, help_text) in TRAINERS.items():
+        trainer = kinds.add_parser(name, help=help_text)
+        trainer.add_argument("--config", help="YAML or JSON file of the trainer's config fields")
+        trainer.set_defaults(func=_run_trainer(module), accepts_overrides=True)
+
+    for module in FEATURE_COMMANDS:
+        importlib.import_module(module).add_cli(sub)
     return parser
 
 
-def cmd_train_sft(args: argparse.Namespace) -> int:
-    from aligner_chains.finetune.sft import run_from_args
+# `aligner-chains train NAME --config cfg.yaml [--key value ...]` calls ``run_from_args`` of the module.
+TRAINERS: dict[str, tuple[str, str]] = {
+    "sft": ("aligner_chains.finetune.sft", "correction SFT (runs under `accelerate launch` too)"),
+}
+# Modules that add their own subcommand with ``add_cli(subparsers)``; they import heavy packages lazily.
+FEATURE_COMMANDS: list[str] = []
 
-    print(f"Exported to {run_from_args(args.config, args.overrides)}")
-    return 0
+
+def _run_trainer(module: str) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        path = importlib.import_module(module).run_from_args(args.config, args.overrides)
+        print(f"Exported to {path}")
+        return 0
+
+    return run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
