@@ -148,9 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
 # `aligner-chains train NAME --config cfg.yaml [--key value ...]` calls ``run_from_args`` of the module.
 TRAINERS: dict[str, tuple[str, str]] = {
     "sft": ("aligner_chains.finetune.sft", "correction SFT (runs under `accelerate launch` too)"),
+    "dpo": ("aligner_chains.finetune.dpo", "offline DPO/IPO/SLiC on preference pairs, correction triples or HH-RLHF"),
+    "oaif": ("aligner_chains.finetune.oaif", "online AI feedback: sample two responses, annotate, DPO/IPO/SLiC update"),
 }
 # Modules that add their own subcommand with ``add_cli(subparsers)``; they import heavy packages lazily.
-FEATURE_COMMANDS: list[str] = []
+FEATURE_COMMANDS: list[str] = [
+    "aligner_chains.evaluate.cli",
+    "aligner_chains.synthesize.cli",
+    "aligner_chains.server.cli",
+]
 
 
 def _run_trainer(module: str) -> Any:

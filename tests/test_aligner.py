@@ -56,9 +56,9 @@ def test_batch_is_one_generate_call_per_batch(tiny_aligner: Aligner, monkeypatch
     calls: list[int] = []
     original = tiny_aligner.backend.generate
 
-    def spy(prompts, params):
+    def spy(prompts, params, **kwargs):
         calls.append(len(prompts))
-        return original(prompts, params)
+        return original(prompts, params, **kwargs)
 
     monkeypatch.setattr(tiny_aligner.backend, "generate", spy)
     tiny_aligner.correct_batch(PAIRS * 4, batch_size=8)
@@ -133,9 +133,9 @@ class CountingBackendSpy:
         self.calls = 0
         self.original = aligner.backend.generate
 
-    def __call__(self, prompts, params):
+    def __call__(self, prompts, params, **kwargs):
         self.calls += 1
-        return self.original(prompts, params)
+        return self.original(prompts, params, **kwargs)
 
 
 @pytest.mark.parametrize("answer", ["", "   ", "\n\t"])
@@ -215,7 +215,17 @@ class ScriptedStrategy(DecodingStrategy):
         self.rows = rows
 
     def decode(
-        self, model, input_ids, attention_mask, params, *, eos_token_ids, pad_token_id, streamer=None, stop_event=None
+        self,
+        model,
+        input_ids,
+        attention_mask,
+        params,
+        *,
+        eos_token_ids,
+        pad_token_id,
+        streamer=None,
+        stop_event=None,
+        sources=None,
     ):
         return DecodeResult(torch.tensor(self.rows), [{} for _ in self.rows])
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -231,38 +232,39 @@ def test_cli_train_sft(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_two_process_training_matches_gradient_accumulation(tmp_path: Path) -> None:
-    """2 processes x 1 micro-batch give the same update as 1 process x 2 accumulated micro-batches."""
-    single = train_sft(tiny_config(tmp_path / "one", gradient_accumulation_steps=2, max_steps=3, eval_fraction=0.0))
-    config = tiny_config(tmp_path / "two", gradient_accumulation_steps=1, max_steps=3, eval_fraction=0.0)
+    """2 processes x 1 micro-batch make the same first update as 1 process x 2 accumulated micro-batches.
+
+    The step loss (token-normalised across processes) must agree to float precision. Adam moves each
+    weight by about lr * sign(gradient) on its first step, so float noise in a near-zero gradient can
+    flip a few elements by up to 2 * lr; all others must agree to float precision too.
+    """
+    lr = 5e-3
+    one = tiny_config(tmp_path / "one", gradient_accumulation_steps=2, max_steps=1, eval_fraction=0.0, learning_rate=lr)
+    single = train_sft(one)
+    config = tiny_config(
+        tmp_path / "two", gradient_accumulation_steps=1, max_steps=1, eval_fraction=0.0, learning_rate=lr
+    )
     cfg = tmp_path / "two.json"
     cfg.write_text(config.model_dump_json(by_alias=True))
     # Both runs must share one tokenizer: reuse the one the single-process run trained.
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    (tmp_path / "two" / "run").mkdir(parents=True)
-    import shutil
-
     shutil.copytree(tmp_path / "one" / "run" / "tokenizer", tmp_path / "two" / "run" / "tokenizer")
     cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--cpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "aligner_chains.finetune.sft",
-        "--config",
-        str(cfg),
-    ]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        # `--multi_gpu` is accelerate's torchrun launcher; without CUDA the trainer forms a gloo CPU group.
+        # (`accelerate launch --cpu --num_processes 2` starts a single process in accelerate 1.x.)
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "aligner_chains.finetune.sft", "--config", str(cfg),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     two = tmp_path / "two" / "run" / "final"
+    loss_one = json.loads((single / "aligner_config.json").read_text())["summary"]["final_train_loss"]
+    loss_two = json.loads((two / "aligner_config.json").read_text())["summary"]["final_train_loss"]
+    assert loss_two == pytest.approx(loss_one, rel=1e-5)
     a, b = load_file(single / "model.safetensors"), load_file(two / "model.safetensors")
+    close = total = 0
     for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
+        diff = (a[name] - b[name]).abs()
+        assert float(diff.max()) <= 2 * lr + 1e-6, name
+        close += int((diff <= 1e-6).sum())
+        total += diff.numel()
+    assert close / total > 0.99

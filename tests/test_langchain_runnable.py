@@ -206,7 +206,7 @@ def test_batch_equals_single_and_is_one_generate(aligner: AlignerRunnable, tiny_
     monkeypatch.setattr(
         tiny_aligner.backend,
         "generate",
-        lambda prompts, params: calls.append(len(prompts)) or original(prompts, params),
+        lambda prompts, params, **kw: calls.append(len(prompts)) or original(prompts, params, **kw),
     )
     assert [o["answer"] for o in aligner.batch(inputs)] == singles
     assert calls == [3]
@@ -218,7 +218,7 @@ def test_batch_size_and_max_concurrency_split_batches(tiny_aligner, monkeypatch)
     monkeypatch.setattr(
         tiny_aligner.backend,
         "generate",
-        lambda prompts, params: calls.append(len(prompts)) or original(prompts, params),
+        lambda prompts, params, **kw: calls.append(len(prompts)) or original(prompts, params, **kw),
     )
     inputs = [{"question": q, "answer": a} for q, a in PAIRS * 2]
     AlignerRunnable(tiny_aligner, batch_size=4).batch(inputs)
@@ -236,7 +236,7 @@ def test_batch_in_a_chain_is_one_generate(tiny_aligner, monkeypatch) -> None:
     monkeypatch.setattr(
         tiny_aligner.backend,
         "generate",
-        lambda prompts, params: calls.append(len(prompts)) or original(prompts, params),
+        lambda prompts, params, **kw: calls.append(len(prompts)) or original(prompts, params, **kw),
     )
     outs = (llm | AlignerRunnable(tiny_aligner)).batch(questions)
     assert calls == [3] and all(isinstance(o, AIMessage) for o in outs)

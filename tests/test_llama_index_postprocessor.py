@@ -51,9 +51,9 @@ def _spy_generate(aligner: Aligner, monkeypatch: pytest.MonkeyPatch) -> list[dic
     calls: list[dict] = []
     original = aligner.backend.generate
 
-    def spy(prompts, params):
+    def spy(prompts, params, **kwargs):
         calls.append({"n": len(prompts), "thread": threading.current_thread()})
-        return original(prompts, params)
+        return original(prompts, params, **kwargs)
 
     monkeypatch.setattr(aligner.backend, "generate", spy)
     return calls

@@ -6,15 +6,18 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from aligner_chains.core.batching import default_batcher, run_batch
 from aligner_chains.core.engine import (
     DEFAULT_MAX_NEW_TOKENS,
     Backend,
     DecodingStrategy,
     GenerationOutput,
     GenerationParams,
+    HFGenerate,
     LocalBackend,
 )
 from aligner_chains.core.errors import ConfigError, InputTooLongError, TemplateError
@@ -53,6 +56,9 @@ class Aligner:
         generation: GenerationParams | dict[str, Any] | None = None,
         overflow: Overflow = "raise",
         on_error: OnError = "raise",
+        micro_batching: bool = True,
+        max_batch_size: int = 16,
+        max_wait_ms: float = 5.0,
     ) -> None:
         if overflow not in ("raise", "truncate_question"):
             raise ConfigError(f"overflow={overflow!r}: use 'raise' or 'truncate_question'.")
@@ -64,6 +70,10 @@ class Aligner:
             generation = GenerationParams().merged(generation)
         self.generation = generation or GenerationParams()
         self.overflow: Overflow = overflow
+        # Concurrent single calls on one backend join one batch (one batcher per backend, shared by copies).
+        self._batcher = (
+            default_batcher(backend, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms) if micro_batching else None
+        )
 
     @classmethod
     def from_pretrained(
@@ -82,6 +92,10 @@ class Aligner:
         overflow: Overflow = "raise",
         on_error: OnError = "raise",
         strategy: DecodingStrategy | None = None,
+        speculative: bool = True,
+        micro_batching: bool = True,
+        max_batch_size: int = 16,
+        max_wait_ms: float = 5.0,
         **generation: Any,
     ) -> Aligner:
         """Load an Aligner from a local path, ``"demo"`` or a hub id (through the shared model cache).
@@ -89,6 +103,10 @@ class Aligner:
         The template comes from ``template=``, else the checkpoint's ``aligner_config.json``, else
         the table of released checkpoints; otherwise a `TemplateError` asks for ``template=``.
         Remaining keyword arguments are generation settings (``max_new_tokens``, ``do_sample``, ...).
+        Greedy decoding uses copy-aware speculative decoding (exact: same tokens as plain greedy,
+        fewer forward passes); ``speculative=False`` or a ``strategy=`` selects another decoder.
+        Concurrent ``correct``/``acorrect`` calls arriving within ``max_wait_ms`` share one batch of
+        up to ``max_batch_size`` (``micro_batching=False`` runs each call on its own).
         ``on_error="passthrough"`` turns a failed correction into the unchanged answer with
         ``finish_reason="error"`` and the reason in ``Correction.error``.
         """
@@ -115,7 +133,65 @@ class Aligner:
                 f"(the default for new models, {DEFAULT_TEMPLATE!r}) or a Template(...)."
             )
         return cls(
-            LocalBackend(loaded, strategy), template, generation=generation, overflow=overflow, on_error=on_error
+            LocalBackend(loaded, strategy or (None if speculative else HFGenerate())),
+            template,
+            generation=generation,
+            overflow=overflow,
+            on_error=on_error,
+        )
+
+    @classmethod
+    def from_server(
+        cls,
+        base_url: str,
+        *,
+        model: str | None = None,
+        template: str | Template | None = None,
+        api_key: str | None = None,
+        tokenizer: Any = None,
+        max_context: int | Literal["auto"] | None = "auto",
+        timeout: float = 120.0,
+        max_retries: int = 3,
+        max_concurrency: int = 8,
+        overflow: Overflow = "raise",
+        on_error: OnError = "raise",
+        backend_options: dict[str, Any] | None = None,
+        **generation: Any,
+    ) -> Aligner:
+        """An Aligner whose model runs on an OpenAI-compatible server (vLLM, TGI, SGLang, ``aligner-chains serve``).
+
+        The rendered template goes to ``POST {base_url}/v1/completions`` as a raw prompt, greedy by default;
+        results and errors are those of the local backend. ``model=None`` takes the server's only model;
+        ``template=None`` takes it from ``tokenizer``'s ``aligner_config.json``, the server, or the released
+        table. ``api_key`` defaults to ``$ALIGNER_API_KEY``. ``tokenizer=`` (a local path) gives exact token
+        counts without round trips. ``backend_options`` go to `aligner_chains.core.remote.RemoteBackend`
+        (``stop``, ``headers``, ``token_counting``, ``http_client``, ...); other keyword arguments are
+        generation settings. HTTP failures raise ``aligner_chains.core.remote.BackendError``.
+        """
+        from aligner_chains.core.remote import RemoteBackend
+
+        backend = RemoteBackend(
+            base_url,
+            model=model,
+            api_key=api_key,
+            tokenizer=tokenizer,
+            max_context=max_context,
+            timeout=timeout,
+            max_retries=max_retries,
+            max_concurrency=max_concurrency,
+            **(backend_options or {}),
+        )
+        if model is None:
+            backend.resolve_model()
+        generation = {**backend.stored_generation(), **generation}
+        # No micro-batching here: the server batches (continuously, in vLLM), and requests are independent.
+        return cls(
+            backend,
+            backend.resolve_template(template),
+            generation=generation,
+            overflow=overflow,
+            on_error=on_error,
+            micro_batching=False,
         )
 
     def with_options(self, *, on_error: OnError | None = None, **generation: Any) -> Aligner:
@@ -126,6 +202,7 @@ class Aligner:
             generation=self.generation.merged(generation),
             overflow=self.overflow,
             on_error=on_error or self.on_error,
+            micro_batching=self._batcher is not None,
         )
 
     @property
@@ -236,8 +313,39 @@ class Aligner:
     # ----------------------------------------------------------------- sync API
 
     def correct(self, question: str, answer: str, *, on_error: OnError | None = None, **generation: Any) -> Correction:
-        """Correct one answer to ``question``."""
-        return self.correct_batch([(question, answer)], batch_size=1, on_error=on_error, **generation)[0]
+        """Correct one answer to ``question`` (joining a micro-batch with concurrent calls)."""
+        if self._batcher is None:
+            return self.correct_batch([(question, answer)], batch_size=1, on_error=on_error, **generation)[0]
+        started = time.perf_counter()
+        submitted = self._submit(question, answer, on_error, generation)
+        if isinstance(submitted, Correction):
+            return submitted
+        req, future = submitted
+        try:
+            out = future.result()
+        except Exception as exc:
+            return self._on_failure(question, answer, exc, on_error)
+        return self._result(req, out, time.perf_counter() - started)
+
+    def _submit(
+        self, question: Any, answer: Any, on_error: OnError | None, generation: dict[str, Any]
+    ) -> Correction | tuple[_Prepared, Future[GenerationOutput]]:
+        """Prepare one request and queue it on the micro-batcher, or return its final result now."""
+        assert self._batcher is not None
+        try:
+            req = self._prepare(question, answer, generation)
+        except TypeError:
+            raise
+        except Exception as exc:
+            return self._on_failure(question, answer, exc, on_error)
+        if req.skip:
+            return self._result(req, None, 0.0)
+        return req, self._batcher.submit(req.prompt, req.params, req.answer, req.prompt_tokens)
+
+    def _on_failure(self, question: Any, answer: Any, exc: Exception, on_error: OnError | None) -> Correction:
+        if self._policy(on_error) == "raise":
+            raise exc
+        return self._failed(question, answer, exc)
 
     def correct_batch(
         self,
@@ -276,7 +384,13 @@ class Aligner:
             chunk = todo[start : start + batch_size]
             started = time.perf_counter()
             try:
-                outputs = self.backend.generate([prepared[i].prompt for i in chunk], prepared[chunk[0]].params)
+                outputs = run_batch(
+                    self.backend,
+                    [prepared[i].prompt for i in chunk],
+                    [prepared[i].params for i in chunk],
+                    [prepared[i].answer for i in chunk],
+                    [prepared[i].prompt_tokens for i in chunk],
+                )
             except Exception as exc:
                 if policy == "raise":
                     raise
@@ -304,7 +418,7 @@ class Aligner:
             if req.skip:
                 yield self._result(req, None, 0.0)
                 return
-            for item in self.backend.stream(req.prompt, req.params):
+            for item in self.backend.stream(req.prompt, req.params, source=req.answer):
                 if isinstance(item, str):
                     emitted = True
                     yield item
@@ -330,8 +444,19 @@ class Aligner:
     async def acorrect(
         self, question: str, answer: str, *, on_error: OnError | None = None, **generation: Any
     ) -> Correction:
-        """Async `correct`: generation runs in a worker thread, the event loop stays free."""
-        return await asyncio.to_thread(self.correct, question, answer, on_error=on_error, **generation)
+        """Async `correct`: joins the micro-batch; the event loop stays free while the model runs."""
+        if self._batcher is None:
+            return await asyncio.to_thread(self.correct, question, answer, on_error=on_error, **generation)
+        started = time.perf_counter()
+        submitted = self._submit(question, answer, on_error, generation)
+        if isinstance(submitted, Correction):
+            return submitted
+        req, future = submitted
+        try:
+            out = await asyncio.wrap_future(future)
+        except Exception as exc:
+            return self._on_failure(question, answer, exc, on_error)
+        return self._result(req, out, time.perf_counter() - started)
 
     async def acorrect_batch(
         self,

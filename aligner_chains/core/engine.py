@@ -71,6 +71,8 @@ class Backend(ABC):
 
     name: str = ""
     max_context: int | None = None
+    #: True when each prompt is a request of its own (a server): batches then never mix token limits.
+    independent_requests: bool = False
 
     @abstractmethod
     def count_tokens(self, text: str) -> int:
@@ -80,12 +82,20 @@ class Backend(ABC):
     def truncate_left(self, text: str, n_tokens: int) -> str:
         """``text`` with its first ``n_tokens`` tokens removed."""
 
-    @abstractmethod
-    def generate(self, prompts: Sequence[str], params: GenerationParams) -> list[GenerationOutput]:
-        """Complete every prompt; one batched call."""
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """Completion token ids to text as corrections report it (backends with a tokenizer override this)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot decode token ids")
 
     @abstractmethod
-    def stream(self, prompt: str, params: GenerationParams) -> Iterator[str | GenerationOutput]:
+    def generate(
+        self, prompts: Sequence[str], params: GenerationParams, sources: Sequence[str] | None = None
+    ) -> list[GenerationOutput]:
+        """Complete every prompt; one batched call. ``sources`` (the answers) may seed copy drafts."""
+
+    @abstractmethod
+    def stream(
+        self, prompt: str, params: GenerationParams, source: str | None = None
+    ) -> Iterator[str | GenerationOutput]:
         """Yield text pieces as they are generated, then the final `GenerationOutput`."""
 
 
@@ -114,8 +124,12 @@ class DecodingStrategy(ABC):
         pad_token_id: int,
         streamer: Any = None,
         stop_event: threading.Event | None = None,
+        sources: list[list[int]] | None = None,
     ) -> DecodeResult:
-        """Generate up to ``params.max_new_tokens`` for each left-padded row."""
+        """Generate up to ``params.max_new_tokens`` for each left-padded row.
+
+        ``sources`` holds, per row, token ids a strategy may draft from (the answer being corrected).
+        """
 
 
 class _StopOnEvent:
@@ -144,6 +158,7 @@ class HFGenerate(DecodingStrategy):
         pad_token_id: int,
         streamer: Any = None,
         stop_event: threading.Event | None = None,
+        sources: list[list[int]] | None = None,
     ) -> DecodeResult:
         from transformers import StoppingCriteriaList
 
@@ -239,10 +254,12 @@ class LocalBackend(Backend):
     """Runs a loaded Hugging Face causal LM in this process (one generation at a time per model)."""
 
     def __init__(self, loaded: LoadedModel, strategy: DecodingStrategy | None = None) -> None:
+        from aligner_chains.core.speculative import CopyAwareSpeculative
+
         self.loaded = loaded
         self.name = loaded.model_id
         self.max_context = loaded.max_context
-        self.strategy = strategy or HFGenerate()
+        self.strategy = strategy or CopyAwareSpeculative()
         self.tokenizer = loaded.tokenizer
         self.eos_token_ids = _eos_ids(loaded)
         self.pad_token_id = int(self.tokenizer.pad_token_id)
@@ -250,14 +267,19 @@ class LocalBackend(Backend):
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return decode_text(self.tokenizer, token_ids)
+
     def truncate_left(self, text: str, n_tokens: int) -> str:
         if n_tokens <= 0:
             return text
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return self.tokenizer.decode(ids[n_tokens:], clean_up_tokenization_spaces=False)
 
-    def generate(self, prompts: Sequence[str], params: GenerationParams) -> list[GenerationOutput]:
-        return self._run(list(prompts), params)
+    def generate(
+        self, prompts: Sequence[str], params: GenerationParams, sources: Sequence[str] | None = None
+    ) -> list[GenerationOutput]:
+        return self._run(list(prompts), params, sources=sources)
 
     def _run(
         self,
@@ -265,8 +287,14 @@ class LocalBackend(Backend):
         params: GenerationParams,
         streamer: Any = None,
         stop_event: threading.Event | None = None,
+        sources: Sequence[str] | None = None,
     ) -> list[GenerationOutput]:
         batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=True)
+        source_ids = (
+            [self.tokenizer(" " + text, add_special_tokens=False)["input_ids"] for text in sources]
+            if sources is not None
+            else None
+        )
         input_ids = batch["input_ids"].to(self.loaded.device)
         attention_mask = batch["attention_mask"].to(self.loaded.device)
         with self.loaded.lock, torch.inference_mode():
@@ -279,6 +307,7 @@ class LocalBackend(Backend):
                 pad_token_id=self.pad_token_id,
                 streamer=streamer,
                 stop_event=stop_event,
+                sources=source_ids,
             )
         prompt_lengths = attention_mask.sum(dim=1).tolist()
         outputs = []
@@ -302,7 +331,9 @@ class LocalBackend(Backend):
             )
         return outputs
 
-    def stream(self, prompt: str, params: GenerationParams) -> Iterator[str | GenerationOutput]:
+    def stream(
+        self, prompt: str, params: GenerationParams, source: str | None = None
+    ) -> Iterator[str | GenerationOutput]:
         pieces: queue.Queue[Any] = queue.Queue()
         stop_event = threading.Event()
         done = object()
@@ -310,7 +341,8 @@ class LocalBackend(Backend):
 
         def work() -> None:
             try:
-                result["output"] = self._run([prompt], params, _QueueStreamer(pieces), stop_event)[0]
+                sources = [source] if source is not None else None
+                result["output"] = self._run([prompt], params, _QueueStreamer(pieces), stop_event, sources)[0]
             except BaseException as exc:  # re-raised in the consumer
                 result["error"] = exc
             finally:

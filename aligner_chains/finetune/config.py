@@ -83,6 +83,100 @@ class SFTConfig(BaseModel):
         return self
 
 
+class _PreferenceSettings(BaseModel):
+    """Settings shared by the preference trainers (DPO offline, OAIF online): policy, loss, optimiser, bookkeeping."""
+
+    # policy (the frozen reference is its initial weights; with LoRA, the base with adapters disabled)
+    base_model: str
+    template: str | dict[str, Any] | None = None  # for aligner_config.json; None: the base model's own, if any
+    trust_remote_code: bool = False
+    quantization: Literal["4bit", "8bit"] | None = None
+    lora: LoraSettings | None = None
+    gradient_checkpointing: bool = False
+    # loss
+    loss_type: Literal["dpo", "ipo", "slic"] = "dpo"
+    beta: float = Field(0.1, gt=0)
+    # optimisation
+    learning_rate: float = Field(1e-6, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    seed: int = 42
+    # bookkeeping
+    save_steps: int = Field(200, ge=1)
+    save_total_limit: int = Field(2, ge=1)
+    logging_steps: int = Field(10, ge=1)
+    report_to: list[str] = Field(default_factory=list)
+    resume: bool = True
+    export_dtype: Literal["float32", "bfloat16", "float16"] | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class DPOConfig(_PreferenceSettings):
+    """Offline DPO/IPO/SLiC on preference pairs (explicit pairs, correction triples or HH-RLHF transcripts)."""
+
+    train_file: str
+    eval_file: str | None = None
+    eval_fraction: float = Field(0.05, ge=0, lt=1)
+    data_format: Literal["auto", "pairs", "triples", "hh"] = "auto"
+    prompt_format: str = "{prompt}"
+    max_length: int = Field(1024, ge=16)
+    max_prompt_length: int | None = Field(None, ge=1)
+    num_epochs: float = Field(1.0, gt=0)
+    per_device_batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    group_by_length: bool = True
+    max_steps: int | None = Field(None, ge=1)
+    eval_steps: int | None = Field(None, ge=1)
+    output_dir: str = "runs/dpo"
+
+
+class AnnotatorSettings(BaseModel):
+    """Which annotator judges OAIF pairs (a Python object passed to ``train_oaif`` takes precedence).
+
+    ``length``: prefer the ``shorter``/``longer`` response; ``llm``: a LangChain chat model, from
+    ``model`` (``"provider:name"`` through ``langchain.chat_models.init_chat_model``) or ``target``
+    (``"module:factory"`` called with ``kwargs``); ``reward_model``: ``model`` is a sequence-classification
+    checkpoint; ``aligner``: ``model`` is an Aligner (path or ``"demo"``), preferring the response it
+    changes less; ``callable``: ``target`` is ``"module:function(prompt, a, b) -> 0 | 1 | None"``.
+    """
+
+    type: Literal["length", "llm", "reward_model", "aligner", "callable"]
+    prefer: Literal["shorter", "longer"] = "shorter"
+    unit: Literal["chars", "words"] = "chars"
+    model: str | None = None
+    target: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    instructions: str | None = None
+    both_orders: bool = True
+    max_concurrency: int = Field(8, ge=1)
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class OAIFConfig(_PreferenceSettings):
+    """Online AI feedback: each step, two sampled responses per prompt, an annotator's label, a DAP update.
+
+    Prompt rows: ``{"prompt"}`` (wrapped by ``prompt_format``), or ``{"question", "answer"}`` to train an
+    Aligner as the policy (rendered with its template; responses are corrections).
+    """
+
+    prompts_file: str
+    prompt_format: str = "{prompt}"
+    prompts_per_step: int = Field(8, ge=1)
+    micro_batch_size: int | None = Field(None, ge=1)
+    max_steps: int = Field(200, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    max_new_tokens: int = Field(64, ge=1)
+    max_prompt_length: int = Field(512, ge=1)
+    annotator: AnnotatorSettings | None = None
+    output_dir: str = "runs/oaif"
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """``["--lr", "1e-4", "--lora.r", "8"]`` -> ``{"lr": 1e-4, "lora": {"r": 8}}`` (values read as YAML)."""
     out: dict[str, Any] = {}

@@ -35,8 +35,11 @@ from aligner_chains.finetune.data import (
 )
 
 
-def _template_record(template: Template) -> str | dict[str, Any]:
-    """How aligner_config.json names the template: the built-in name, or the whole definition."""
+def _template_record(template: Template | None) -> str | dict[str, Any] | None:
+    """How aligner_config.json names the template: the built-in name, the whole definition, or None
+    (a model that is not an Aligner, e.g. an upstream model trained on preferences)."""
+    if template is None:
+        return None
     return template.name if template in BUILTIN_TEMPLATES else template.model_dump()
 
 
@@ -187,19 +190,33 @@ def evaluate_loss(
     return float(total[0] / total[1]) if total[1] > 0 else None
 
 
+def make_accelerator(mixed_precision: str, report_to: list[str], output_dir: str) -> Any:
+    """An Accelerator; several processes without CUDA (``torchrun``) train on CPU over gloo.
+
+    accelerate only forms a multi-process CPU group when told ``cpu=True``, so a CPU-only machine
+    launched with ``accelerate launch --multi_gpu --num_processes N`` (or ``torchrun``) asks for it.
+    """
+    import os
+
+    from accelerate import Accelerator
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return Accelerator(
+        mixed_precision=mixed_precision,
+        log_with=report_to or None,
+        project_dir=output_dir,
+        cpu=world > 1 and not torch.cuda.is_available(),
+    )
+
+
 def train_sft(config: SFTConfig) -> Path:
     """Train an Aligner by correction SFT and export it; returns the exported model directory."""
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
     started = time.perf_counter()
-    accelerator = Accelerator(
-        mixed_precision=config.mixed_precision,
-        log_with=config.report_to or None,
-        project_dir=config.output_dir,
-    )
+    accelerator = make_accelerator(config.mixed_precision, config.report_to, config.output_dir)
     set_seed(config.seed)
     template = get_template(config.template)
     rows = load_rows(config.train_file)
@@ -230,7 +247,9 @@ def train_sft(config: SFTConfig) -> Path:
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, round(config.warmup_ratio * total_steps), total_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # Not prepared: accelerate would step it once per process, but our plan already counts optimizer updates.
+    accelerator.register_for_checkpointing(scheduler)
 
     start_step = 0
     found = latest_checkpoint(config.output_dir) if config.resume else None
@@ -292,7 +311,7 @@ def train_sft(config: SFTConfig) -> Path:
             eval_loss = evaluate_loss(model, eval_examples, config, accelerator, pad_id)
             if eval_loss is not None:
                 accelerator.log({"eval/loss": eval_loss}, step=step + 1)
-        if (step + 1) % config.save_steps == 0 and step + 1 < total_steps:
+        if (step + 1) % config.save_steps == 0 or step + 1 == total_steps:  # the last one marks the run done
             save_checkpoint(accelerator, config.output_dir, step + 1, config.save_total_limit, {"loss": step_loss})
     bar.close()
     eval_loss = evaluate_loss(model, eval_examples, config, accelerator, pad_id)
@@ -317,7 +336,7 @@ def export_model(
     model: Any,
     tokenizer: Any,
     config: SFTConfig,
-    template: Template,
+    template: Template | None,
     data_stats: dict[str, Any],
     summary: dict[str, Any],
 ) -> Path:

@@ -1,0 +1,792 @@
+"""`RemoteBackend`: an Aligner served by an OpenAI-compatible completions server.
+
+vLLM, Text Generation Inference, SGLang and ``aligner-chains serve`` all speak ``POST /v1/completions``.
+The backend sends the rendered Aligner template as a raw completion prompt (no chat template), greedy
+unless told otherwise, and turns the reply into the same `GenerationOutput` the local backend gives,
+so `Aligner` reports the same `Correction`s and raises the same errors.
+
+Token counting (the Aligner sizes ``max_new_tokens`` and checks the context before sending), in order:
+
+1. ``tokenizer=`` (a local directory, hub id in the HF cache, or a tokenizer object): exact and local;
+   recommended for production, since it costs no round trip.
+2. the server's ``POST /tokenize`` (vLLM's and ours; exact, one round trip per count, results cached);
+3. otherwise an upper bound, UTF-8 bytes + 2, which is never below the true count of byte-level BPE
+   or SentencePiece (byte-fallback) tokenizers: a prompt accepted here is never too long there, but a
+   long input may be refused early. The context length itself comes from ``max_context=`` or the
+   server's ``GET /v1/models`` (``max_model_len``); when unknown, only the server checks lengths.
+
+The API key comes from ``api_key=`` or the ``ALIGNER_API_KEY`` environment variable (never from
+``OPENAI_API_KEY``, which must not leak to a self-hosted server); it is sent as a bearer token and
+never logged, printed or put into error messages.
+
+``httpx`` is imported lazily (``pip install 'aligner-chains[remote]'``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+from aligner_chains.core.engine import Backend, GenerationOutput, GenerationParams, decode_text
+from aligner_chains.core.errors import AlignerError, ConfigError, InputTooLongError, MissingDependencyError
+from aligner_chains.core.templates import Template, get_template, template_for_model
+
+__all__ = [
+    "API_KEY_ENV",
+    "BackendError",
+    "BackendTimeoutError",
+    "RemoteBackend",
+]
+
+logger = logging.getLogger(__name__)
+
+API_KEY_ENV = "ALIGNER_API_KEY"
+"""Environment variable the remote backend (and ``aligner-chains serve``) read the API key from."""
+
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+TokenCounting = Literal["auto", "tokenizer", "server", "estimate"]
+_UNSET: Any = "auto"
+_COUNT_CACHE_SIZE = 4096
+
+
+class BackendError(AlignerError):
+    """A remote generation server failed or refused a request (HTTP error, unreachable, bad reply)."""
+
+    def __init__(self, message: str, *, status_code: int | None = None, url: str | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.url = url
+
+
+class BackendTimeoutError(BackendError, TimeoutError):
+    """A remote generation server did not answer in time."""
+
+
+def _import_httpx() -> Any:
+    try:
+        import httpx
+    except ImportError as exc:  # pragma: no cover - httpx comes with llama-index-core
+        raise MissingDependencyError("The remote backend needs httpx: pip install 'aligner-chains[remote]'.") from exc
+    return httpx
+
+
+def estimate_tokens(text: str) -> int:
+    """An upper bound of the tokens ``text`` takes: UTF-8 bytes + 2 (BOS and a SentencePiece prefix)."""
+    return len(text.encode("utf-8")) + 2
+
+
+class RemoteBackend(Backend):
+    """Generation on an OpenAI-compatible server, through ``POST {base_url}/v1/completions``.
+
+    Args:
+        base_url: the server's address, with or without a trailing ``/v1``
+            (``http://127.0.0.1:8000`` or ``http://127.0.0.1:8000/v1``).
+        model: the served model name sent with every request; None asks ``GET /v1/models`` (one model).
+        api_key: bearer token; default ``$ALIGNER_API_KEY`` (``api_key_env``). Never logged.
+        tokenizer: a local tokenizer (path, cached hub id, or object) for exact local token counts;
+            a directory with ``aligner_config.json`` also gives the template.
+        token_counting: ``"auto"`` (tokenizer, else the server's ``/tokenize``, else ``"estimate"``),
+            or force one of ``"tokenizer"``, ``"server"``, ``"estimate"``.
+        max_context: the model's context in tokens; ``"auto"`` reads ``max_model_len`` from
+            ``GET /v1/models`` on first use; None leaves length checks to the server.
+        timeout: seconds to wait for a reply (for streams: between two pieces); ``connect_timeout``
+            for the connection.
+        max_retries: retries of a request on 408/429/5xx and connection failures, with exponential
+            backoff (``backoff`` * 2**attempt, with jitter, at most ``max_backoff``; ``Retry-After``
+            is honoured). A timed-out generation is not retried.
+        max_concurrency: requests in flight at once from this backend (threads beyond wait).
+        stop: stop strings sent with every request (e.g. when the server ignores the model's EOS).
+        return_token_ids: ask for the generated token ids (vLLM >= 0.10.2 and ``aligner-chains
+            serve``); otherwise ``GenerationOutput.token_ids`` holds ``-1`` placeholders, one per
+            generated token, so that counts stay right.
+        stream_usage: ask for usage in streams (``stream_options.include_usage``).
+        headers: extra HTTP headers for every request.
+        http_client: an ``httpx.Client`` to use (e.g. Starlette's ``TestClient`` for an in-process
+            app); it is not closed by `close`.
+    """
+
+    independent_requests = True
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        model: str | None = None,
+        api_key: str | None = None,
+        api_key_env: str = API_KEY_ENV,
+        tokenizer: Any = None,
+        token_counting: TokenCounting = "auto",
+        max_context: int | Literal["auto"] | None = "auto",
+        timeout: float = 120.0,
+        connect_timeout: float = 10.0,
+        max_retries: int = 3,
+        backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        max_concurrency: int = 8,
+        stop: str | Sequence[str] | None = None,
+        return_token_ids: bool = False,
+        stream_usage: bool = True,
+        headers: Mapping[str, str] | None = None,
+        http_client: Any = None,
+    ) -> None:
+        if not isinstance(base_url, str) or not re.match(r"^https?://[^/\s]+", base_url):
+            raise ConfigError(
+                f"base_url={base_url!r} is not an http(s) URL; pass e.g. 'http://127.0.0.1:8000' "
+                "(a trailing /v1 is fine)."
+            )
+        if token_counting not in ("auto", "tokenizer", "server", "estimate"):
+            raise ConfigError(f"token_counting={token_counting!r}: use 'auto', 'tokenizer', 'server' or 'estimate'.")
+        if token_counting == "tokenizer" and tokenizer is None:
+            raise ConfigError("token_counting='tokenizer' needs tokenizer= (a local path, cached hub id or object).")
+        if not (max_context is None or max_context == "auto" or (isinstance(max_context, int) and max_context > 0)):
+            raise ConfigError(f"max_context={max_context!r}: use a positive int, None or 'auto'.")
+        for label, value in (("max_retries", max_retries), ("max_concurrency", max_concurrency)):
+            if not isinstance(value, int) or value < (0 if label == "max_retries" else 1):
+                raise ConfigError(f"{label}={value!r} must be an int >= {0 if label == 'max_retries' else 1}.")
+        for label, value in (("timeout", timeout), ("connect_timeout", connect_timeout)):
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(f"{label}={value!r} must be a positive number of seconds.")
+        self._httpx = _import_httpx()
+        root = base_url.strip().rstrip("/")
+        if root.endswith("/v1"):
+            root = root[: -len("/v1")]
+        self.base_url = root
+        self._model = model
+        self.__api_key = api_key if api_key else (os.environ.get(api_key_env) or None)
+        self.api_key_env = api_key_env
+        self.timeout = float(timeout)
+        self.connect_timeout = float(connect_timeout)
+        self.max_retries = max_retries
+        self.backoff = float(backoff)
+        self.max_backoff = float(max_backoff)
+        self.max_concurrency = max_concurrency
+        self.stop: list[str] | None = [stop] if isinstance(stop, str) else (list(stop) if stop else None)
+        self.return_token_ids = return_token_ids
+        self.stream_usage = stream_usage
+        self.extra_headers = dict(headers or {})
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._lock = threading.RLock()  # discovery (models, counting mode); re-entered through `name`
+        self._cache_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._owns_client = http_client is None
+        self._client = http_client
+        self._models: list[dict[str, Any]] | None = None
+        self._max_context = max_context
+        self._tokenizer: Any = None
+        self._tokenizer_dir: Path | None = None
+        self._counting: str = token_counting
+        self._count_cache: OrderedDict[str, int] = OrderedDict()
+        if tokenizer is not None:
+            self._tokenizer = self._load_tokenizer(tokenizer)
+            if token_counting == "auto":
+                self._counting = "tokenizer"
+
+    # ----------------------------------------------------------------- identity
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        """The served model name sent with each request (asks the server when not given)."""
+        if self._model is None:
+            self.resolve_model()
+        return self._model or ""
+
+    @property
+    def max_context(self) -> int | None:  # type: ignore[override]
+        """The model's context window, from ``max_context=`` or the server's ``/v1/models``."""
+        if self._max_context == "auto":
+            info = self._model_info()
+            value = info.get("max_model_len") if info else None
+            self._max_context = value if isinstance(value, int) and value > 0 else None
+        return self._max_context
+
+    def resolve_model(self) -> str:
+        """The model to use: ``model=`` if given, else the one model the server lists."""
+        if self._model is not None:
+            return self._model
+        models = self.list_models()
+        ids = [m.get("id") for m in models if isinstance(m.get("id"), str)]
+        if len(ids) != 1:
+            raise ConfigError(
+                f"The server at {self.base_url} serves {len(ids)} models ({', '.join(ids) or 'none listed'}); "
+                "pass model= to choose one."
+            )
+        self._model = ids[0]
+        return self._model
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """The server's ``GET /v1/models`` entries (fetched once; an empty list if it has none)."""
+        if self._models is None:
+            with self._lock:
+                if self._models is None:
+                    try:
+                        data = self._request_json("GET", "/v1/models")
+                    except BackendError as exc:
+                        if exc.status_code in (404, 405):
+                            self._models = []
+                            return self._models
+                        raise
+                    entries = data.get("data") if isinstance(data, dict) else None
+                    self._models = [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+        return self._models
+
+    def _model_info(self) -> dict[str, Any] | None:
+        name = self.name
+        for entry in self.list_models():
+            if entry.get("id") == name:
+                return entry
+        return None
+
+    def resolve_template(self, template: str | Template | dict[str, Any] | None = None) -> Template:
+        """``template`` if given; else the tokenizer directory's ``aligner_config.json``; else what the
+        server advertises (``aligner-chains serve`` does, in ``/v1/models``); else the released table."""
+        from aligner_chains.core.errors import TemplateError
+
+        if template is not None:
+            return get_template(template)
+        stored = (self._stored_config() or {}).get("template")
+        if stored is not None:
+            return get_template(stored)
+        info = self._model_info() or {}
+        advertised = (info.get("aligner") or {}).get("template") if isinstance(info.get("aligner"), dict) else None
+        if isinstance(advertised, dict):
+            try:
+                registered = get_template(str(advertised.get("name")))
+            except TemplateError:
+                registered = None
+            if registered is not None and registered.prompt == advertised.get("prompt"):
+                return registered
+            return get_template(advertised)
+        if isinstance(advertised, str):
+            return get_template(advertised)
+        known = template_for_model(self.name)
+        if known is not None:
+            return get_template(known)
+        raise TemplateError(
+            f"Cannot tell the prompt template of model {self.name!r} at {self.base_url}: the server does not "
+            "advertise one and it is not a known released checkpoint. Pass template=, e.g. template='aligner-v2', "
+            "or tokenizer= a local copy of the checkpoint (its aligner_config.json names the template)."
+        )
+
+    def stored_generation(self) -> dict[str, Any]:
+        """Generation settings stored in the tokenizer directory's ``aligner_config.json``, if any."""
+        return dict((self._stored_config() or {}).get("generation") or {})
+
+    def _stored_config(self) -> dict[str, Any] | None:
+        if self._tokenizer_dir is None:
+            return None
+        from aligner_chains.core.loading import read_aligner_config
+
+        return read_aligner_config(self._tokenizer_dir)
+
+    # ----------------------------------------------------------------- tokens
+
+    def _load_tokenizer(self, tokenizer: Any) -> Any:
+        if not isinstance(tokenizer, (str, os.PathLike)):
+            return tokenizer
+        from aligner_chains.core.loading import load_tokenizer, resolve_model_path
+
+        path = resolve_model_path(os.fspath(tokenizer))
+        self._tokenizer_dir = path
+        return load_tokenizer(path)
+
+    def counting_mode(self) -> str:
+        """How tokens are counted: ``"tokenizer"``, ``"server"`` or ``"estimate"`` (``"auto"`` resolved)."""
+        if self._counting == "auto":
+            with self._lock:
+                if self._counting == "auto":
+                    self._counting = "server" if self._probe_tokenize() else "estimate"
+                    if self._counting == "estimate":
+                        logger.warning(
+                            "%s has no /tokenize endpoint: token counts are upper-bound estimates (UTF-8 bytes). "
+                            "Pass tokenizer= for exact counts.",
+                            self.base_url,
+                        )
+        return self._counting
+
+    def _probe_tokenize(self) -> bool:
+        try:
+            data = self._request_json("POST", "/tokenize", {"model": self.name, "prompt": "a"}, retry=False)
+        except BackendError as exc:
+            if exc.status_code is not None and 400 <= exc.status_code < 500 and exc.status_code not in (401, 403):
+                return False
+            raise
+        return isinstance(data, dict) and isinstance(data.get("count"), int)
+
+    def count_tokens(self, text: str) -> int:
+        mode = self.counting_mode()
+        if mode == "tokenizer":
+            return len(self._tokenizer(text, add_special_tokens=True)["input_ids"])
+        if mode == "estimate":
+            return estimate_tokens(text)
+        with self._cache_lock:
+            if text in self._count_cache:
+                self._count_cache.move_to_end(text)
+                return self._count_cache[text]
+        data = self._request_json("POST", "/tokenize", {"model": self.name, "prompt": text, "add_special_tokens": True})
+        count = data.get("count") if isinstance(data, dict) else None
+        if not isinstance(count, int):
+            raise BackendError(f"{self.base_url}/tokenize answered without an integer 'count': {_short(data)}")
+        with self._cache_lock:
+            self._count_cache[text] = count
+            if len(self._count_cache) > _COUNT_CACHE_SIZE:
+                self._count_cache.popitem(last=False)
+        return count
+
+    def truncate_left(self, text: str, n_tokens: int) -> str:
+        if n_tokens <= 0:
+            return text
+        mode = self.counting_mode()
+        if mode == "tokenizer":
+            ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
+            return self._tokenizer.decode(ids[n_tokens:], clean_up_tokenization_spaces=False)
+        if mode == "server":
+            data = self._request_json(
+                "POST", "/tokenize", {"model": self.name, "prompt": text, "add_special_tokens": False}
+            )
+            tokens = data.get("tokens") if isinstance(data, dict) else None
+            if isinstance(tokens, list):
+                try:
+                    out = self._request_json("POST", "/detokenize", {"model": self.name, "tokens": tokens[n_tokens:]})
+                except BackendError as exc:
+                    if exc.status_code not in (404, 405):
+                        raise
+                else:
+                    if isinstance(out, dict) and isinstance(out.get("prompt"), str):
+                        return out["prompt"]
+        # estimate: one token per byte, so n tokens are at most n bytes
+        return text.encode("utf-8")[n_tokens:].decode("utf-8", errors="ignore")
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """Completion token ids to text (stripped): with the local tokenizer, else the server's ``/detokenize``."""
+        ids = list(token_ids)
+        if self._tokenizer is not None:
+            return decode_text(self._tokenizer, ids)
+        if any(i < 0 for i in ids):
+            raise BackendError(
+                f"Cannot decode: {self.base_url} did not return token ids. Pass tokenizer=, or "
+                "backend_options={'return_token_ids': True} for a server that returns them."
+            )
+        data = self._request_json("POST", "/detokenize", {"model": self.name, "tokens": ids})
+        if not isinstance(data, dict) or not isinstance(data.get("prompt"), str):
+            raise BackendError(f"{self.base_url}/detokenize answered without a 'prompt' string: {_short(data)}")
+        return data["prompt"].strip()
+
+    # ----------------------------------------------------------------- generation
+
+    def request_body(self, prompt: str, params: GenerationParams, *, stream: bool) -> dict[str, Any]:
+        """The JSON body of ``POST /v1/completions`` for ``prompt`` (greedy: ``temperature=0``)."""
+        body: dict[str, Any] = {"model": self.name, "prompt": prompt, "stream": stream}
+        if params.max_new_tokens is not None:
+            body["max_tokens"] = params.max_new_tokens
+        if params.do_sample:
+            body["temperature"] = params.temperature if params.temperature is not None else 1.0
+            if params.top_p is not None:
+                body["top_p"] = params.top_p
+            if params.top_k is not None:
+                body["top_k"] = params.top_k
+        else:  # explicit, so server-side defaults (e.g. a checkpoint's generation_config) cannot turn sampling on
+            body["temperature"] = 0.0
+        if params.repetition_penalty is not None:
+            body["repetition_penalty"] = params.repetition_penalty
+        for key, value in (params.model_extra or {}).items():
+            if value is not None:
+                body[key] = value
+        if self.stop:
+            body.setdefault("stop", list(self.stop))
+        if self.return_token_ids:
+            body["return_token_ids"] = True
+        if stream and self.stream_usage:
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    def generate(
+        self, prompts: Sequence[str], params: GenerationParams, sources: Sequence[str] | None = None
+    ) -> list[GenerationOutput]:
+        """One request per prompt (exact per-prompt usage), at most ``max_concurrency`` in flight.
+
+        ``sources`` (copy-draft hints for local speculative decoding) are not sent: a server that drafts
+        from the prompt (vLLM's n-gram speculative decoding) finds the answer there by itself.
+        """
+        prompts = list(prompts)
+        if len(prompts) <= 1:
+            return [self._complete(p, params) for p in prompts]
+        if self._pool is None:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="aligner-remote")
+        futures = [self._pool.submit(self._complete, p, params) for p in prompts]
+        return [f.result() for f in futures]
+
+    def _complete(self, prompt: str, params: GenerationParams) -> GenerationOutput:
+        data = self._request_json("POST", "/v1/completions", self.request_body(prompt, params, stream=False))
+        choices = data.get("choices") if isinstance(data, dict) else None
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise BackendError(f"{self.base_url}/v1/completions answered without choices: {_short(data)}")
+        choice = choices[0]
+        return self._output(
+            prompt,
+            choice.get("text") or "",
+            choice.get("finish_reason"),
+            choice.get("stop_reason"),
+            data.get("usage"),
+            choice.get("token_ids"),
+        )
+
+    def stream(
+        self, prompt: str, params: GenerationParams, source: str | None = None
+    ) -> Iterator[str | GenerationOutput]:
+        """Server-sent events of ``/v1/completions``; pieces join to the final (stripped) text."""
+        body = self.request_body(prompt, params, stream=True)
+        raw = ""
+        emitted = ""
+        finish: Any = None
+        stop_reason: Any = None
+        usage: Any = None
+        ids: list[int] = []
+        got_ids = False
+        httpx = self._httpx
+        with self._slots:
+            response = self._send("POST", "/v1/completions", body, stream=True)
+            try:
+                for event in _sse_events(response):
+                    if isinstance(event.get("error"), (dict, str)):
+                        raise BackendError(
+                            f"{self.base_url}/v1/completions failed mid-stream: {_error_message(event)}",
+                            url=self.base_url + "/v1/completions",
+                        )
+                    if event.get("usage"):
+                        usage = event["usage"]
+                    for choice in event.get("choices") or []:
+                        raw += choice.get("text") or ""
+                        if choice.get("finish_reason"):
+                            finish, stop_reason = choice["finish_reason"], choice.get("stop_reason")
+                        if isinstance(choice.get("token_ids"), list):
+                            got_ids = True
+                            ids.extend(choice["token_ids"])
+                    text = raw.strip()
+                    if len(text) > len(emitted) and text.startswith(emitted):
+                        piece, emitted = text[len(emitted) :], text
+                        yield piece
+            except httpx.TimeoutException as exc:
+                raise BackendTimeoutError(
+                    f"{self.base_url}/v1/completions sent no new piece for {self.timeout} s "
+                    f"({type(exc).__name__}); raise timeout= or check the server's load.",
+                    url=self.base_url,
+                ) from exc
+            except httpx.TransportError as exc:
+                raise BackendError(
+                    f"The stream from {self.base_url}/v1/completions broke: {type(exc).__name__}: {exc}",
+                    url=self.base_url,
+                ) from exc
+            finally:
+                response.close()
+        if finish is None:
+            raise BackendError(
+                f"The stream from {self.base_url}/v1/completions ended without a finish_reason "
+                "(the server closed it early).",
+                url=self.base_url,
+            )
+        output = self._output(prompt, raw, finish, stop_reason, usage, ids if got_ids else None)
+        if output.text.startswith(emitted) and len(output.text) > len(emitted):
+            yield output.text[len(emitted) :]
+        yield output
+
+    def _output(
+        self,
+        prompt: str,
+        raw_text: str,
+        finish_reason: Any,
+        stop_reason: Any,
+        usage: Any,
+        token_ids: Any,
+    ) -> GenerationOutput:
+        text = raw_text.strip()  # as engine.decode_text strips
+        finish: Literal["stop", "length"] = "length" if finish_reason == "length" else "stop"
+        usage = usage if isinstance(usage, dict) else {}
+        n_prompt = usage.get("prompt_tokens")
+        if not isinstance(n_prompt, int):
+            n_prompt = self.count_tokens(prompt)
+        n_completion = usage.get("completion_tokens")
+        if isinstance(n_completion, int):
+            # Servers count the end-of-sequence (or stop) token they generated; the local backend does not.
+            if finish == "stop" and not isinstance(stop_reason, str):
+                n_completion -= 1
+            n_completion = max(n_completion, 0)
+        elif isinstance(token_ids, list):
+            n_completion = len(token_ids)
+        elif self._tokenizer is not None:
+            n_completion = len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+        else:
+            n_completion = 0
+        if isinstance(token_ids, list) and all(isinstance(t, int) for t in token_ids):
+            ids = list(token_ids[:n_completion])
+        else:
+            ids = [-1] * n_completion
+        return GenerationOutput(
+            token_ids=ids,
+            text=text,
+            finish_reason=finish,
+            prompt_tokens=int(n_prompt),
+            stats={"backend": "remote", "server_finish_reason": finish_reason},
+        )
+
+    # ----------------------------------------------------------------- HTTP
+
+    def _headers(self) -> dict[str, str]:
+        headers = dict(self.extra_headers)
+        if self.__api_key:
+            headers["Authorization"] = f"Bearer {self.__api_key}"
+        return headers
+
+    def _http(self) -> Any:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    httpx = self._httpx
+                    self._client = httpx.Client(
+                        timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
+                        limits=httpx.Limits(
+                            max_connections=self.max_concurrency + 2, max_keepalive_connections=self.max_concurrency
+                        ),
+                    )
+        return self._client
+
+    @contextmanager
+    def _slot(self) -> Iterator[None]:
+        with self._slots:
+            yield
+
+    def _request_json(self, method: str, path: str, body: Any = None, *, retry: bool = True) -> Any:
+        with self._slot():
+            response = self._send(method, path, body, retry=retry)
+            try:
+                return response.json()
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise BackendError(
+                    f"{method} {self.base_url}{path} answered HTTP {response.status_code} with a body that is not "
+                    f"JSON: {response.text[:200]!r}",
+                    status_code=response.status_code,
+                    url=self.base_url + path,
+                ) from exc
+            finally:
+                response.close()
+
+    def _send(self, method: str, path: str, body: Any = None, *, stream: bool = False, retry: bool = True) -> Any:
+        """Send with retries on 408/429/5xx and connection failures; raise `BackendError` on failure."""
+        httpx = self._httpx
+        client = self._http()
+        url = self.base_url + path
+        retries = self.max_retries if retry else 0
+        attempt = 0
+        while True:
+            try:
+                request = client.build_request(
+                    method,
+                    url,
+                    json=body,
+                    headers=self._headers(),
+                    timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
+                )
+                response = client.send(request, stream=stream)
+            except (httpx.ConnectTimeout, httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                if attempt < retries:
+                    self._sleep(attempt, None, f"{type(exc).__name__}", method, url)
+                    attempt += 1
+                    continue
+                raise BackendError(
+                    f"Cannot reach {url} ({type(exc).__name__}: {exc}) after {attempt + 1} attempt(s). "
+                    "Is the server running at that address?",
+                    url=url,
+                ) from exc
+            except httpx.TimeoutException as exc:
+                raise BackendTimeoutError(
+                    f"{method} {url} got no answer within {self.timeout} s ({type(exc).__name__}). The server may be "
+                    "overloaded: raise timeout=, lower max_new_tokens, or add capacity.",
+                    url=url,
+                ) from exc
+            except httpx.TransportError as exc:
+                raise BackendError(f"{method} {url} failed: {type(exc).__name__}: {exc}", url=url) from exc
+            if response.status_code < 400:
+                return response
+            if response.status_code in RETRY_STATUSES and attempt < retries:
+                retry_after = response.headers.get("retry-after")
+                response.read()
+                response.close()
+                self._sleep(attempt, retry_after, f"HTTP {response.status_code}", method, url)
+                attempt += 1
+                continue
+            try:
+                response.read()
+                raise self._http_error(method, url, response, attempt)
+            finally:
+                response.close()
+
+    def _sleep(self, attempt: int, retry_after: str | None, why: str, method: str, url: str) -> None:
+        delay = min(self.max_backoff, self.backoff * (2**attempt)) * (0.5 + random.random() / 2)
+        if retry_after:
+            try:
+                delay = min(self.max_backoff, max(delay, float(retry_after)))
+            except ValueError:
+                pass
+        logger.info(
+            "%s %s: %s, retrying in %.2f s (attempt %d of %d)",
+            method,
+            url,
+            why,
+            delay,
+            attempt + 2,
+            self.max_retries + 1,
+        )
+        time.sleep(delay)
+
+    def _http_error(self, method: str, url: str, response: Any, attempt: int) -> AlignerError:
+        status = response.status_code
+        try:
+            payload = response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            payload = response.text
+        message = _error_message(payload)
+        tries = f" after {attempt + 1} attempts" if attempt else ""
+        if status in (400, 413, 422) and _is_context_error(payload, message):
+            numbers = _context_numbers(payload, message)
+            return InputTooLongError(
+                f"The server at {self.base_url} refused the prompt as too long for the model's context (HTTP {status}: "
+                f"{message}). Shorten the answer or lower max_new_tokens; pass tokenizer= so lengths are checked "
+                "before sending, and overflow='truncate_question' to cut the question instead.",
+                **numbers,
+            )
+        if status in (401, 403):
+            hint = (
+                "The API key was refused"
+                if self.__api_key
+                else f"No API key was sent: pass api_key= or set ${self.api_key_env}"
+            )
+            return BackendError(
+                f"{method} {url} was refused (HTTP {status}: {message}). {hint}.", status_code=status, url=url
+            )
+        if status == 404 and "model" in message.lower():
+            return BackendError(
+                f"The server at {self.base_url} does not serve model {self._model!r} (HTTP 404: {message}). "
+                "Pass model= one of the names GET /v1/models lists.",
+                status_code=status,
+                url=url,
+            )
+        return BackendError(f"{method} {url} failed with HTTP {status}{tries}: {message}", status_code=status, url=url)
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        """Close the HTTP connections (not those of a client passed as ``http_client``)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+        if self._owns_client and self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def __enter__(self) -> RemoteBackend:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        key = "***" if self.__api_key else None
+        return f"RemoteBackend(base_url={self.base_url!r}, model={self._model!r}, api_key={key!r})"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _sse_events(response: Any) -> Iterator[dict[str, Any]]:
+    """JSON payloads of ``data:`` lines until ``data: [DONE]`` (comments and other fields skipped)."""
+    data_lines: list[str] = []
+    for line in response.iter_lines():
+        if line.startswith("data:"):
+            data_lines.append(line[5:].lstrip())
+            continue
+        if line.strip() or not data_lines:
+            continue  # comments (":"), "event:"/"id:" fields, blank lines between events
+        payload, data_lines = "\n".join(data_lines), []
+        if payload == "[DONE]":
+            return
+        yield _json_event(payload)
+    if data_lines:
+        payload = "\n".join(data_lines)
+        if payload != "[DONE]":
+            yield _json_event(payload)
+
+
+def _json_event(payload: str) -> dict[str, Any]:
+    try:
+        event = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise BackendError(f"The server sent an event that is not JSON: {payload[:200]!r}") from exc
+    if not isinstance(event, dict):
+        raise BackendError(f"The server sent an event that is not a JSON object: {payload[:200]!r}")
+    return event
+
+
+def _error_message(payload: Any) -> str:
+    """The human message of an error body: OpenAI, vLLM, TGI and FastAPI shapes."""
+    if isinstance(payload, dict):
+        error = payload.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return error["message"][:1000]
+        if isinstance(error, str):
+            return error[:1000]
+        if isinstance(payload.get("message"), str):
+            return payload["message"][:1000]
+        if "detail" in payload:
+            return str(payload["detail"])[:1000]
+    return _short(payload)
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
+_CONTEXT_PATTERNS = ("context length", "context_length", "maximum context", "too long", "max_model_len")
+
+
+def _is_context_error(payload: Any, message: str) -> bool:
+    code = ""
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+        code = str(payload["error"].get("code") or "")
+    return code == "context_length_exceeded" or any(p in message.lower() for p in _CONTEXT_PATTERNS)
+
+
+def _context_numbers(payload: Any, message: str) -> dict[str, int]:
+    """prompt_tokens / max_new_tokens / context from our structured error, else from vLLM-style text."""
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(error, dict) and all(
+        isinstance(error.get(k), int) for k in ("prompt_tokens", "max_tokens", "context")
+    ):
+        return {
+            "prompt_tokens": error["prompt_tokens"],
+            "max_new_tokens": error["max_tokens"],
+            "context": error["context"],
+        }
+
+    def find(pattern: str) -> int:
+        match = re.search(pattern, message)
+        return int(match.group(1)) if match else 0
+
+    return {
+        "context": find(r"maximum context length is (\d+)"),
+        "prompt_tokens": find(r"(\d+) (?:in the messages|in the prompt|input tokens|tokens in the prompt)"),
+        "max_new_tokens": find(r"(\d+) (?:in the completion|output tokens)")
+        or find(r"'max_tokens' is too large: (\d+)"),
+    }

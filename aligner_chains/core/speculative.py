@@ -1,0 +1,246 @@
+"""Copy-aware speculative decoding: draft from the answer being corrected, verify a block per forward pass.
+
+Most of a correction copies the answer it corrects. Each step, every row of the batch drafts the
+tokens that followed the last generated n-gram in its answer (or in its own output so far), the
+model scores ``[last token, drafts...]`` in one forward pass with the KV cache, and the row keeps
+the longest draft prefix the model agrees with plus the model's own next token. Greedy output is
+therefore the model's greedy output, token for token; rows accept different numbers of tokens.
+
+Rows advance unevenly, so rejected drafts stay in the cache as masked holes: the 2-D attention
+mask marks them invisible and position ids count only real tokens, which keeps the arithmetic
+that of an unbroken sequence.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from aligner_chains.core.engine import DecodeResult, DecodingStrategy, GenerationParams, HFGenerate
+
+# Generation settings under which greedy verification is exact; anything else takes the plain path.
+_EXACT_KEYS = {"max_new_tokens", "do_sample"}
+
+
+@dataclass
+class _Row:
+    """Per-row decoding state: the draft source, what was generated, n-gram indexes and statistics."""
+
+    source: list[int]
+    budget: int
+    generated: list[int] = field(default_factory=list)
+    draft_len: int = 4
+    pointer: int = -1  # index in ``source`` of the token last copied, to prefer the next match
+    aligned_at: int = 0  # len(generated) when ``pointer`` was set
+    done: bool = False
+    passes: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    source_index: dict[tuple[int, ...], list[int]] = field(default_factory=dict)
+    history_index: dict[tuple[int, ...], list[int]] = field(default_factory=dict)
+    indexed: int = 0  # how many generated tokens ``history_index`` covers
+    max_ngram: int = 0
+
+    def build_index(self, max_ngram: int) -> None:
+        """Index every n-gram (n <= max_ngram) of the source by its start positions, in order."""
+        self.max_ngram = max_ngram
+        for n in range(1, max_ngram + 1):
+            for i in range(len(self.source) - n + 1):
+                self.source_index.setdefault(tuple(self.source[i : i + n]), []).append(i)
+
+    def update_history_index(self) -> None:
+        """Add the n-grams of newly generated tokens to the history index."""
+        history = self.generated
+        for end in range(self.indexed + 1, len(history) + 1):
+            for n in range(1, min(self.max_ngram, end) + 1):
+                self.history_index.setdefault(tuple(history[end - n : end]), []).append(end - n)
+        self.indexed = len(history)
+
+
+class CopyAwareSpeculative(DecodingStrategy):
+    """Greedy decoding that drafts from each row's source text (the answer) and verifies in blocks.
+
+    ``max_draft`` bounds the block; the draft length of a row grows while its drafts are accepted
+    and shrinks when they are not. Sampling and non-greedy settings fall back to ``fallback``.
+    """
+
+    name = "copy-aware"
+
+    def __init__(
+        self, max_draft: int = 16, min_draft: int = 2, max_ngram: int = 3, fallback: DecodingStrategy | None = None
+    ):
+        self.max_draft = max_draft
+        self.min_draft = min_draft
+        self.max_ngram = max_ngram
+        self.fallback = fallback or HFGenerate()
+
+    def is_exact_for(self, params: GenerationParams) -> bool:
+        """True when greedy verification reproduces plain decoding for these settings."""
+        settings = params.generate_kwargs()
+        return (
+            not params.do_sample
+            and set(settings) <= _EXACT_KEYS | {"repetition_penalty"}
+            and (settings.get("repetition_penalty") in (None, 1.0))
+        )
+
+    def decode(
+        self,
+        model: Any,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        params: GenerationParams,
+        *,
+        eos_token_ids: list[int],
+        pad_token_id: int,
+        streamer: Any = None,
+        stop_event: threading.Event | None = None,
+        sources: list[list[int]] | None = None,
+    ) -> DecodeResult:
+        if not self.is_exact_for(params) or getattr(model.config, "is_encoder_decoder", False):
+            return self.fallback.decode(
+                model,
+                input_ids,
+                attention_mask,
+                params,
+                eos_token_ids=eos_token_ids,
+                pad_token_id=pad_token_id,
+                streamer=streamer,
+                stop_event=stop_event,
+            )
+        from transformers import DynamicCache
+
+        batch = input_ids.shape[0]
+        device = input_ids.device
+        max_new = int(params.max_new_tokens or 1)
+        eos = set(eos_token_ids)
+        if sources is None:
+            sources = [ids[mask.bool()].tolist() for ids, mask in zip(input_ids, attention_mask, strict=True)]
+        rows = [_Row(list(src), max_new, draft_len=min(self.max_draft, max(self.min_draft, 4))) for src in sources]
+        if streamer is not None:
+            streamer.put(input_ids.cpu())
+
+        cache = DynamicCache(config=model.config)
+        mask = attention_mask.clone()
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(
+            input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+        )
+        n_real = mask.sum(-1)  # real tokens per row so far (the next position id)
+        pending = out.logits[:, -1].argmax(-1)  # each row's next token, chosen by the model, not yet in the cache
+        for r, row in enumerate(rows):
+            row.passes = 1
+            self._emit(row, [int(pending[r])], eos, max_new)
+        self._stream(streamer, rows, [row.generated[:] for row in rows])
+
+        while not all(row.done for row in rows):
+            if stop_event is not None and stop_event.is_set():
+                break
+            drafts = [[] if row.done else self._draft(row) for row in rows]
+            width = 1 + max(len(d) for d in drafts)
+            block = torch.full((batch, width), pad_token_id, dtype=torch.long, device=device)
+            valid = torch.zeros((batch, width), dtype=mask.dtype, device=device)
+            for r, row in enumerate(rows):
+                if row.done:
+                    continue
+                tokens = [row.generated[-1], *drafts[r]]
+                block[r, : len(tokens)] = torch.tensor(tokens, device=device)
+                valid[r, : len(tokens)] = 1
+            block_pos = n_real.unsqueeze(1) + torch.arange(width, device=device).unsqueeze(0)
+            mask = torch.cat([mask, valid], dim=1)
+            logits = model(
+                input_ids=block, attention_mask=mask, position_ids=block_pos, past_key_values=cache, use_cache=True
+            ).logits
+            choices = logits.argmax(-1).tolist()
+            before = [len(row.generated) for row in rows]
+            for r, row in enumerate(rows):
+                if row.done:
+                    continue
+                draft, predicted = drafts[r], choices[r]
+                accepted = 0
+                while accepted < len(draft) and draft[accepted] == predicted[accepted]:
+                    accepted += 1
+                row.passes += 1
+                row.drafted += len(draft)
+                row.accepted += accepted
+                self._adapt(row, len(draft), accepted)
+                self._emit(row, [*draft[:accepted], predicted[accepted]], eos, max_new)
+                keep = 1 + accepted  # the last token fed plus the accepted drafts stay visible
+                mask[r, mask.shape[1] - width + keep :] = 0
+                n_real[r] += keep
+            self._stream(streamer, rows, [row.generated[b:] for row, b in zip(rows, before, strict=True)])
+
+        if streamer is not None:
+            streamer.end()
+        width = max(len(row.generated) for row in rows)
+        tokens = torch.full((batch, width), pad_token_id, dtype=torch.long)
+        for r, row in enumerate(rows):
+            tokens[r, : len(row.generated)] = torch.tensor(row.generated, dtype=torch.long)
+        stats = [
+            {
+                "forward_passes": row.passes,
+                "draft_tokens": row.drafted,
+                "accepted_draft_tokens": row.accepted,
+                "tokens_per_pass": round(len(row.generated) / row.passes, 3),
+            }
+            for row in rows
+        ]
+        return DecodeResult(tokens=tokens, stats=stats)
+
+    @staticmethod
+    def _emit(row: _Row, tokens: list[int], eos: set[int], max_new: int) -> None:
+        for token in tokens:
+            if row.done:
+                return
+            row.generated.append(token)
+            if token in eos or len(row.generated) >= max_new:
+                row.done = True
+
+    @staticmethod
+    def _stream(streamer: Any, rows: list[_Row], new: list[list[int]]) -> None:
+        if streamer is not None and len(rows) == 1 and new[0]:
+            streamer.put(torch.tensor(new[0]))
+
+    def _adapt(self, row: _Row, drafted: int, accepted: int) -> None:
+        if drafted == 0:
+            return
+        if accepted == drafted:
+            row.draft_len = min(self.max_draft, row.draft_len + 2)
+        elif accepted < drafted // 2:
+            row.draft_len = max(self.min_draft, row.draft_len // 2)
+
+    def _draft(self, row: _Row) -> list[int]:
+        """Tokens that followed the longest recent n-gram match, preferring the spot after the last copy.
+
+        The answer is searched first (its n-grams are indexed once), then the row's own output.
+        """
+        room = min(row.draft_len, row.budget - len(row.generated) - 1)
+        if room <= 0:
+            return []
+        if row.max_ngram != self.max_ngram:
+            row.build_index(self.max_ngram)
+        row.update_history_index()
+        history = row.generated
+        for n in range(min(self.max_ngram, len(history)), 0, -1):
+            tail = tuple(history[-n:])
+            starts = row.source_index.get(tail)
+            if starts:
+                hint = row.pointer + 1 - n
+                at = bisect.bisect_left(starts, hint)
+                start = starts[at] if at < len(starts) else starts[0]
+                if start + n < len(row.source):
+                    row.pointer = start + n - 1
+                    row.aligned_at = len(history)
+                    return row.source[start + n : start + n + room]
+            earlier = [i for i in row.history_index.get(tail, ()) if i < len(history) - n]
+            if earlier:
+                start = earlier[-1]
+                return history[start + n : start + n + room]
+        if row.pointer >= 0:
+            # No match: guess the correction replaced as many tokens as it wrote, and copy on from there.
+            guess = row.pointer + 1 + len(history) - row.aligned_at
+            return row.source[guess : guess + room]
+        return []

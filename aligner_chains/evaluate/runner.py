@@ -1,0 +1,361 @@
+"""`evaluate`: judge corrections against their originals, with bounded concurrency, retries and resume."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from aligner_chains.core.errors import ConfigError, DataError
+from aligner_chains.evaluate.jobs import (
+    JobFailed,
+    JsonlLog,
+    RetryPolicy,
+    call_with_retries,
+    progress_bar,
+    run_bounded,
+    run_sync,
+)
+from aligner_chains.evaluate.jobs import stable_key as _stable_key
+from aligner_chains.evaluate.judges import Judge, Judgment, as_judge
+from aligner_chains.evaluate.report import EvalReport, ItemResult, build_report
+
+__all__ = ["FIELD_ALIASES", "EvalItem", "aevaluate", "evaluate", "load_items"]
+
+#: Input field names, first match wins. So the output of ``aligner-chains correct`` (question, original,
+#: corrected), correction datasets (question, answer, correction) and AlpacaEval model outputs
+#: (instruction, original_output, output, generator) all read as they are.
+FIELD_ALIASES: dict[str, tuple[str, ...]] = {
+    "question": ("question", "instruction", "prompt"),
+    "original": ("original", "answer", "original_output"),
+    "corrected": ("corrected", "correction", "output"),
+    "upstream_model": ("upstream_model", "upstream", "generator"),
+}
+
+
+class EvalItem(BaseModel):
+    """One item to judge: a question, the upstream answer, and its correction (None: an Aligner corrects it).
+
+    ``meta`` keeps the other fields of an input row; ``group_by`` may name one of them.
+    """
+
+    question: str
+    original: str
+    corrected: str | None = None
+    upstream_model: str | None = None
+    id: str | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def from_row(cls, row: Any, where: str) -> EvalItem:
+        """An item from a dict (field aliases apply), a (question, original[, corrected]) tuple or an item."""
+        if isinstance(row, EvalItem):
+            return row
+        if isinstance(row, (tuple, list)) and len(row) in (2, 3):
+            row = dict(zip(("question", "original", "corrected"), row, strict=False))
+        if not isinstance(row, dict):
+            raise DataError(
+                f"{where}: expected an object with question/original (or answer) fields or a "
+                f"(question, original[, corrected]) tuple, got {type(row).__name__}: {row!r:.80}."
+            )
+        values: dict[str, Any] = {}
+        used: set[str] = set()
+        for field, names in FIELD_ALIASES.items():
+            name = next((n for n in names if n in row), None)
+            if name is None:
+                continue
+            used.add(name)
+            value = row[name]
+            if field == "upstream_model" and value is not None:
+                value = str(value)
+            if value is not None and not isinstance(value, str):
+                raise DataError(f"{where}: field {name!r} must be a string, got {type(value).__name__}.")
+            values[field] = value
+        for field in ("question", "original"):
+            if values.get(field) is None:
+                raise DataError(
+                    f"{where}: no {field} field; use one of {list(FIELD_ALIASES[field])} (found fields: {sorted(row)})."
+                )
+        if row.get("id") is not None:
+            values["id"] = str(row["id"])
+            used.add("id")
+        meta = {k: v for k, v in row.items() if k not in used}
+        return cls(**values, meta=meta)
+
+    def group(self, field: str) -> str | None:
+        value = self.upstream_model if field == "upstream_model" else self.meta.get(field)
+        return None if value is None else str(value)
+
+
+def load_items(source: str | Path | Iterable[Any]) -> list[EvalItem]:
+    """Items from a JSONL file or JSON list (path), or from an iterable of dicts, tuples or `EvalItem`s."""
+    if isinstance(source, (str, Path)):
+        from aligner_chains.finetune.data import read_records
+
+        where = str(source)
+        items = [EvalItem.from_row(row, f"{where}:{number}") for number, row in read_records(source)]
+        if not items:
+            raise DataError(f"{where} holds no items.")
+        return items
+    return [EvalItem.from_row(row, f"item {i}") for i, row in enumerate(source)]
+
+
+def _judges(judge: Any) -> list[Judge]:
+    judges = [as_judge(j) for j in judge] if isinstance(judge, (list, tuple)) else [as_judge(judge)]
+    if not judges:
+        raise ConfigError("No judge given: pass a judge, a callable, or a list of them.")
+    dims = [j.dimension for j in judges]
+    if len(set(dims)) != len(dims):
+        raise ConfigError(
+            f"Two judges share a dimension ({dims}); give each judge its own dimension=, "
+            "e.g. CallableJudge(fn, dimension='privacy')."
+        )
+    return judges
+
+
+def evaluate(
+    items: str | Path | Iterable[Any],
+    judge: Any,
+    *,
+    aligner: Any = None,
+    group_by: str = "upstream_model",
+    log: str | Path | None = None,
+    max_concurrency: int = 8,
+    retries: int = 3,
+    backoff: float = 1.0,
+    batch_size: int = 16,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    progress: bool = True,
+) -> EvalReport:
+    """Judge corrected answers against their originals and report win rates and edit statistics.
+
+    ``items``: (question, original, corrected) items — a JSONL/JSON path or an iterable of dicts,
+    tuples or `EvalItem`s (see `FIELD_ALIASES`). With ``aligner=`` (an `Aligner` or a model name) every
+    item is first corrected by that Aligner (``(question, answer)`` items suffice; a corrected field in
+    the input is ignored).
+
+    ``judge``: a `Judge`, a callable ``(question, original, corrected) -> verdict``, or a list of them,
+    one per dimension. At most ``max_concurrency`` judgments run at once; a failing judgment is retried
+    ``retries`` times with exponential backoff from ``backoff`` seconds, then counted as an error.
+
+    ``log``: a JSONL file of every correction and judgment, appended as they finish. Re-running with the
+    same log skips what is already judged (errors are retried), so an interrupted run resumes.
+
+    Works from sync code and from inside a running event loop (Jupyter); in async code use `aevaluate`.
+    """
+    return run_sync(
+        lambda: aevaluate(
+            items,
+            judge,
+            aligner=aligner,
+            group_by=group_by,
+            log=log,
+            max_concurrency=max_concurrency,
+            retries=retries,
+            backoff=backoff,
+            batch_size=batch_size,
+            n_resamples=n_resamples,
+            confidence=confidence,
+            seed=seed,
+            progress=progress,
+        )
+    )
+
+
+async def aevaluate(
+    items: str | Path | Iterable[Any],
+    judge: Any,
+    *,
+    aligner: Any = None,
+    group_by: str = "upstream_model",
+    log: str | Path | None = None,
+    max_concurrency: int = 8,
+    retries: int = 3,
+    backoff: float = 1.0,
+    batch_size: int = 16,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    progress: bool = True,
+) -> EvalReport:
+    """Async `evaluate` (same arguments)."""
+    judges = _judges(judge)
+    policy = RetryPolicy(retries=retries, backoff=backoff)
+    for name, value in (("max_concurrency", max_concurrency), ("batch_size", batch_size)):
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name}={value!r}: use a positive whole number.")
+    items = load_items(items)
+    if aligner is not None and not hasattr(aligner, "acorrect_batch"):
+        from aligner_chains.core.aligner import resolve_aligner
+
+        aligner = resolve_aligner(aligner)
+    aligner_name = aligner.model_name if aligner is not None else None
+    if aligner is None:
+        missing = next((i for i, item in enumerate(items) if item.corrected is None), None)
+        if missing is not None:
+            raise DataError(
+                f"Item {missing} has no corrected answer (fields {list(FIELD_ALIASES['corrected'])}); "
+                "pass aligner= (CLI: --aligner MODEL) to have an Aligner correct the answers first."
+            )
+
+    keys = [
+        _stable_key(item.id, item.question, item.original, None if aligner else item.corrected, aligner_name)
+        for item in items
+    ]
+    journal = JsonlLog(log) if log is not None else None
+    corrections: dict[str, dict[str, Any]] = {}
+    judgments: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for record in journal.read() if journal else []:
+        if "key" not in record:
+            continue
+        if record.get("type") == "correction":
+            corrections[record["key"]] = record
+        elif record.get("type") == "judgment":
+            judgments[(record["key"], record["dimension"], record["judge"])] = record
+
+    handle = journal.open() if journal else None
+
+    def keep(record: dict[str, Any]) -> None:
+        if record["type"] == "correction":
+            corrections[record["key"]] = record
+        else:
+            judgments[(record["key"], record["dimension"], record["judge"])] = record
+        if journal is not None:
+            journal.append(handle, record)
+
+    try:
+        first_of: dict[str, int] = {}  # identical items are corrected and judged once
+        for i, key in enumerate(keys):
+            first_of.setdefault(key, i)
+        # 1. corrections (local generation, batched), skipping those already in the log
+        if aligner is not None:
+            todo = [i for k, i in first_of.items() if not _corrected_ok(corrections.get(k))]
+            done_before = len(first_of) - len(todo)
+            with progress_bar(len(first_of), done_before, unit="item", desc="correct", enabled=progress) as bar:
+                for start in range(0, len(todo), batch_size):
+                    chunk = todo[start : start + batch_size]
+                    pairs = [(items[i].question, items[i].original) for i in chunk]
+                    results = await aligner.acorrect_batch(pairs, batch_size=batch_size, on_error="passthrough")
+                    for i, c in zip(chunk, results, strict=True):
+                        keep(
+                            {
+                                "type": "correction",
+                                "key": keys[i],
+                                "corrected": c.corrected,
+                                "changed": c.changed,
+                                "finish_reason": c.finish_reason,
+                                "completion_tokens": c.completion_tokens,
+                                "error": c.error,
+                            }
+                        )
+                    bar.update(len(chunk))
+
+        def corrected_of(i: int) -> str | None:
+            if aligner is None:
+                return items[i].corrected
+            record = corrections.get(keys[i])
+            return record["corrected"] if _corrected_ok(record) else None
+
+        # 2. judgments, skipping those with a verdict or an unparseable reply in the log
+        def done(key: str, j: Judge) -> bool:
+            record = judgments.get((key, j.dimension, j.name))
+            return record is not None and record["status"] in ("ok", "unparseable")
+
+        pending = [(k, i, j) for k, i in first_of.items() if corrected_of(i) is not None for j in judges]
+        todo_jobs = [(k, i, j) for k, i, j in pending if not done(k, j)]
+
+        def job(key: str, i: int, j: Judge) -> Any:
+            item, corrected = items[i], corrected_of(i)
+
+            async def run() -> dict[str, Any]:
+                try:
+                    judgment, attempts = await call_with_retries(
+                        lambda: j.ajudge(item.question, item.original, corrected), policy
+                    )
+                except JobFailed as failed:
+                    judgment, attempts = Judgment(status="error", error=str(failed)), failed.attempts
+                if not isinstance(judgment, Judgment):
+                    judgment = Judgment(
+                        status="error", error=f"{j.name}.ajudge returned {type(judgment).__name__}, not a Judgment"
+                    )
+                return {
+                    "type": "judgment",
+                    "key": key,
+                    "dimension": j.dimension,
+                    "judge": j.name,
+                    **judgment.model_dump(mode="json"),
+                    "attempts": attempts,
+                }
+
+            return run
+
+        done_before = len(pending) - len(todo_jobs)
+        with progress_bar(len(pending), done_before, unit="judgment", desc="judge", enabled=progress) as bar:
+
+            def finished(record: dict[str, Any]) -> None:
+                keep(record)
+                bar.update(1)
+
+            await run_bounded([job(k, i, j) for k, i, j in todo_jobs], max_concurrency, finished)
+    finally:
+        if handle is not None:
+            handle.close()
+
+    results: list[ItemResult] = []
+    edit_pairs: list[tuple[str | None, str, str]] = []
+    for i, item in enumerate(items):
+        corrected = corrected_of(i)
+        group = item.group(group_by)
+        if corrected is not None:
+            edit_pairs.append((group, item.original, corrected))
+        for j in judges:
+            base = {
+                "index": i,
+                "key": keys[i],
+                "id": item.id,
+                "dimension": j.dimension,
+                "group": group,
+                "question": item.question,
+                "original": item.original,
+                "corrected": corrected,
+            }
+            if corrected is None:
+                error = corrections.get(keys[i], {}).get("error") or "not corrected"
+                results.append(ItemResult(**base, status="error", error=f"correction failed: {error}"))
+                continue
+            record = judgments.get((keys[i], j.dimension, j.name))
+            if record is None:
+                results.append(ItemResult(**base, status="error", error="not judged"))
+                continue
+            results.append(
+                ItemResult(
+                    **base,
+                    **{
+                        k: record.get(k)
+                        for k in ("verdict", "status", "consistent", "scores", "error")
+                        if record.get(k) is not None
+                    },
+                    replies=record.get("replies") or [],
+                    attempts=record.get("attempts", 0),
+                )
+            )
+    return build_report(
+        results,
+        n_items=len(items),
+        dimensions=[j.dimension for j in judges],
+        judges={j.dimension: j.name for j in judges},
+        group_by=group_by,
+        aligner=aligner_name,
+        edit_pairs=edit_pairs,
+        n_resamples=n_resamples,
+        confidence=confidence,
+        seed=seed,
+    )
+
+
+def _corrected_ok(record: dict[str, Any] | None) -> bool:
+    return record is not None and record.get("error") is None

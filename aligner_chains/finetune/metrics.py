@@ -1,0 +1,51 @@
+"""Per-step training metrics as JSONL (``output_dir/metrics.jsonl``), resume-aware, plus the trainers' shared bits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from aligner_chains.core.loading import read_aligner_config, resolve_model_path
+from aligner_chains.core.templates import Template, get_template
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsLog:
+    """Appends one JSON object per logged step; on resume, drops entries logged after the checkpoint.
+
+    Only the main process writes (``enabled=False`` elsewhere).
+    """
+
+    def __init__(self, output_dir: str | Path, start_step: int, enabled: bool = True) -> None:
+        self.path = Path(output_dir) / METRICS_FILE
+        self.enabled = enabled
+        if not enabled:
+            return
+        kept = [m for m in read_metrics(self.path) if m.get("step", 0) <= start_step] if start_step else []
+        self.path.write_text("".join(json.dumps(m) + "\n" for m in kept), encoding="utf-8")
+
+    def write(self, step: int, values: dict[str, Any]) -> None:
+        if self.enabled:
+            with self.path.open("a", encoding="utf-8") as sink:
+                sink.write(json.dumps({"step": step, **values}) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Entries of a ``metrics.jsonl`` (a run directory is accepted too); [] when there is none."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def policy_template(template: str | dict[str, Any] | None, base_model: str) -> Template | None:
+    """The template to record with the trained model: the configured one, else the base model's own
+    (an Aligner stays an Aligner), else None (an upstream model)."""
+    if template is not None:
+        return get_template(template)
+    stored = (read_aligner_config(resolve_model_path(base_model)) or {}).get("template")
+    return get_template(stored) if stored is not None else None

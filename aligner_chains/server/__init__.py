@@ -1,0 +1,30 @@
+"""`aligner-chains serve`: an OpenAI-compatible HTTP server over an `Aligner` (FastAPI + uvicorn).
+
+Endpoints: ``POST /v1/completions`` (raw prompts, so `Aligner.from_server` and any OpenAI client can use
+it), ``POST /v1/corrections`` (question + answer in, `Correction` out, optionally streamed),
+``GET /v1/models``, ``POST /tokenize`` and ``/detokenize`` (vLLM-compatible), ``GET /health`` and
+``GET /metrics`` (Prometheus). Needs the ``serve`` extra: ``pip install 'aligner-chains[serve]'``.
+
+This package imports FastAPI only when its names are used, so ``aligner-chains --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ServerConfig", "ServerThread", "create_app", "run_server"]
+
+_EXPORTS = {
+    "ServerConfig": "aligner_chains.server.config",
+    "create_app": "aligner_chains.server.app",
+    "ServerThread": "aligner_chains.server.runner",
+    "run_server": "aligner_chains.server.runner",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,28 @@
+"""`ServerConfig`: the limits and options of ``aligner-chains serve`` (CLI flags map onto its fields)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ServerConfig(BaseModel):
+    """Options of the Aligner server; every limit answers a clear 4xx when exceeded."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    served_model_name: str | None = None
+    """The ``model`` name clients send (default: the Aligner's model id); the model id is accepted too."""
+    api_key: str | None = Field(default=None, repr=False)
+    """When set, ``/v1/*``, ``/tokenize`` and ``/detokenize`` need ``Authorization: Bearer <key>``."""
+    max_body_bytes: int = Field(default=1_048_576, ge=1)
+    """Largest request body (413 beyond)."""
+    max_tokens_limit: int | None = Field(default=None, ge=1)
+    """Largest ``max_tokens`` / ``max_new_tokens`` a request may ask for (None: the model's context)."""
+    max_prompt_tokens: int | None = Field(default=None, ge=1)
+    """Largest prompt of ``/v1/completions`` in tokens (None: the model's context)."""
+    max_batch_items: int = Field(default=64, ge=1)
+    """Most prompts in one ``/v1/completions`` or items in one ``/v1/corrections`` request."""
+    max_in_flight: int = Field(default=1024, ge=1)
+    """Requests processed at once; beyond, 429 with ``Retry-After`` (clients retry)."""
+    batch_size: int = Field(default=16, ge=1)
+    """Pairs per padded generation for ``/v1/corrections`` with ``items``."""

@@ -1,0 +1,1 @@
+"""Benchmarks run on demand (`make bench`), not in CI; figures go to benchmarks/RESULTS.md."""

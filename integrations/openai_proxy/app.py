@@ -1,0 +1,541 @@
+"""A correcting OpenAI-compatible proxy: ``POST /v1/chat/completions`` goes upstream, the reply through an Aligner.
+
+Any app that speaks the OpenAI chat API gets corrected answers by pointing its base URL at this proxy:
+
+- the request is forwarded unchanged to ``{upstream}/chat/completions`` (the client's ``Authorization``
+  header too, unless the proxy has its own ``upstream_api_key`` or guards itself with ``api_key``);
+- each choice's assistant text is corrected against the conversation's last user message; choices with
+  tool calls (or no text) pass through untouched;
+- ``choices[i].aligner`` (a field standard clients ignore) holds `Correction.summary()`: the original
+  text, ``changed``, token counts, latency and ``error``;
+- ``stream=true``: the upstream stream is read in full (the Aligner needs the whole answer), then the
+  correction streams as ``chat.completion.chunk`` deltas; the last chunk of a choice carries ``aligner``.
+
+Failures: upstream unreachable, 502; upstream too slow, 504; upstream 4xx, relayed as is; upstream 5xx,
+502 with its message. The Aligner failing or taking longer than ``aligner_timeout``: 502/504, or with
+``fail_open=True`` the uncorrected answer, with the reason in ``aligner.error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from aligner_chains.core.aligner import Aligner
+from aligner_chains.core.result import Correction
+from aligner_chains.server._http import (
+    SSE_DONE,
+    SSE_HEADERS,
+    ApiError,
+    Metrics,
+    ServingMiddleware,
+    api_error_from,
+    install_error_handlers,
+    read_json_object,
+    sse,
+)
+
+SUMMARY_FIELD = "aligner"
+ROUTES = "POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics"
+
+
+class ProxyConfig(BaseModel):
+    """Options of the correcting proxy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    upstream_base_url: str
+    """The upstream OpenAI-compatible API, including its ``/v1`` (e.g. ``https://api.openai.com/v1``)."""
+    upstream_api_key: str | None = Field(default=None, repr=False)
+    """Key sent upstream; None forwards the client's ``Authorization`` header (when ``api_key`` is unset)."""
+    api_key: str | None = Field(default=None, repr=False)
+    """Key clients must send to this proxy (then their header is not forwarded upstream)."""
+    upstream_timeout: float = Field(default=120.0, gt=0)
+    """Seconds to wait for the upstream (per read for streams); 504 beyond."""
+    upstream_connect_timeout: float = Field(default=10.0, gt=0)
+    aligner_timeout: float | None = Field(default=120.0, gt=0)
+    """Seconds to wait for a correction (for streams: for its first piece); 504 or fail-open beyond."""
+    fail_open: bool = False
+    """On an Aligner failure or timeout, answer the uncorrected reply (marked) instead of 502/504."""
+    max_body_bytes: int = Field(default=4 * 1_048_576, ge=1)
+    max_in_flight: int = Field(default=1024, ge=1)
+    max_new_tokens: int | None = Field(default=None, ge=1)
+    """Generation budget of each correction (None: the Aligner's default)."""
+
+
+class _Proxy:
+    def __init__(self, aligner: Aligner, config: ProxyConfig, transport: Any) -> None:
+        self.aligner = aligner
+        self.config = config
+        self.transport = transport
+        self.upstream = config.upstream_base_url.rstrip("/")
+        self.metrics = Metrics("aligner_proxy")
+        from prometheus_client import Counter, Histogram
+
+        self.upstream_seconds = Histogram(
+            "aligner_proxy_upstream_duration_seconds",
+            "Time the upstream took to answer (streams: to finish)",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=self.metrics.registry,
+        )
+        self.fail_open_count = Counter(
+            "aligner_proxy_fail_open",
+            "Replies returned uncorrected because the Aligner failed",
+            registry=self.metrics.registry,
+        )
+        self._clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+    def client(self) -> Any:
+        """One ``httpx.AsyncClient`` per event loop (connection pools belong to a loop)."""
+        import httpx
+
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None or client.is_closed:
+            client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.config.upstream_timeout, connect=self.config.upstream_connect_timeout),
+                limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
+                transport=self.transport,
+            )
+            self._clients[loop] = client
+        return client
+
+    def upstream_headers(self, request: Request) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.config.upstream_api_key:
+            headers["Authorization"] = f"Bearer {self.config.upstream_api_key}"
+        elif self.config.api_key is None and request.headers.get("authorization"):
+            headers["Authorization"] = request.headers["authorization"]
+        for name in ("openai-organization", "openai-project"):
+            if request.headers.get(name):
+                headers[name] = request.headers[name]
+        return headers
+
+    # ----------------------------------------------------------------- upstream calls
+
+    def _transport_error(self, exc: Exception) -> ApiError:
+        import httpx
+
+        url = f"{self.upstream}/chat/completions"
+        if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
+            return ApiError(
+                504,
+                f"The upstream at {url} did not answer within {self.config.upstream_timeout} s ({type(exc).__name__}).",
+                type="upstream_timeout",
+                code="upstream_timeout",
+            )
+        return ApiError(
+            502,
+            f"Cannot reach the upstream at {url} ({type(exc).__name__}: {exc}). Is it running?",
+            type="upstream_error",
+            code="upstream_unreachable",
+        )
+
+    @staticmethod
+    def _upstream_failure(status: int, body: bytes, url: str) -> ApiError | JSONResponse:
+        """Upstream 4xx are the client's to see (relayed as is); 5xx become 502 with the upstream's message."""
+        try:
+            payload = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            payload = None
+        if 400 <= status < 500 and isinstance(payload, dict):
+            return JSONResponse(payload, status_code=status)
+        from aligner_chains.core.remote import _error_message
+
+        message = _error_message(payload) if payload is not None else body[:300].decode("utf-8", "replace")
+        if 400 <= status < 500:
+            return ApiError(status, f"The upstream refused the request (HTTP {status}): {message}")
+        return ApiError(
+            502,
+            f"The upstream at {url} failed (HTTP {status}): {message}",
+            type="upstream_error",
+            code="upstream_error",
+        )
+
+    async def post(self, request: Request, body: dict[str, Any]) -> dict[str, Any] | JSONResponse:
+        import httpx
+
+        url = f"{self.upstream}/chat/completions"
+        started = time.perf_counter()
+        try:
+            response = await self.client().post(url, json=body, headers=self.upstream_headers(request))
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc) from None
+        finally:
+            self.upstream_seconds.observe(time.perf_counter() - started)
+        if response.status_code >= 400:
+            failure = self._upstream_failure(response.status_code, response.content, url)
+            if isinstance(failure, ApiError):
+                raise failure
+            return failure
+        try:
+            data = response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ApiError(
+                502, f"The upstream at {url} answered with a body that is not JSON.", type="upstream_error"
+            ) from None
+        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+            raise ApiError(502, f"The upstream at {url} answered without a 'choices' list.", type="upstream_error")
+        return data
+
+    async def post_stream(self, request: Request, body: dict[str, Any]) -> list[dict[str, Any]] | JSONResponse:
+        """All chunks of the upstream's stream (read in full: the Aligner needs the whole answer)."""
+        import httpx
+
+        from aligner_chains.core.remote import BackendError, _sse_events
+
+        url = f"{self.upstream}/chat/completions"
+        started = time.perf_counter()
+        chunks: list[dict[str, Any]] = []
+        try:
+            async with self.client().stream("POST", url, json=body, headers=self.upstream_headers(request)) as response:
+                if response.status_code >= 400:
+                    failure = self._upstream_failure(response.status_code, await response.aread(), url)
+                    if isinstance(failure, ApiError):
+                        raise failure
+                    return failure
+                lines = [line async for line in response.aiter_lines()]
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc) from None
+        finally:
+            self.upstream_seconds.observe(time.perf_counter() - started)
+        try:
+            for event in _sse_events(_Lines(lines)):
+                if "error" in event and not event.get("choices"):
+                    raise ApiError(
+                        502, f"The upstream stream failed: {json.dumps(event['error'])[:300]}", type="upstream_error"
+                    )
+                chunks.append(event)
+        except BackendError as exc:
+            raise ApiError(
+                502, f"The upstream at {url} sent a malformed stream: {exc}", type="upstream_error"
+            ) from None
+        return chunks
+
+    # ----------------------------------------------------------------- correction
+
+    def policy(self) -> str:
+        return "passthrough" if self.config.fail_open else "raise"
+
+    def generation(self) -> dict[str, Any]:
+        return {"max_new_tokens": self.config.max_new_tokens} if self.config.max_new_tokens else {}
+
+    def aligner_failed(self, question: str, answer: str, exc: BaseException) -> Correction:
+        """Fail-open result, or the 502/504 to answer instead."""
+        from aligner_chains.core.remote import BackendError
+
+        hint = "Start the proxy with --fail-open to return uncorrected replies instead."
+        if isinstance(exc, TimeoutError) and not isinstance(exc, BackendError):
+            reason = f"the Aligner did not answer within {self.config.aligner_timeout} s"
+            error = ApiError(
+                504,
+                f"The Aligner did not answer within {self.config.aligner_timeout} s; the reply was not corrected. "
+                + hint,
+                type="aligner_timeout",
+                code="aligner_timeout",
+            )
+        else:
+            reason = f"{type(exc).__name__}: {exc}"
+            error = ApiError(
+                504 if isinstance(exc, TimeoutError) else 502,
+                f"The Aligner failed ({reason}); the reply was not corrected. {hint}",
+                type="aligner_error",
+                code="aligner_error",
+            )
+        if not self.config.fail_open:
+            raise error
+        return Correction.failed(
+            question, answer, reason, template=self.aligner.template.name, model=self.aligner.model_name
+        )
+
+    def record(self, correction: Correction) -> None:
+        self.metrics.count_correction(correction)
+        if correction.error and self.config.fail_open:
+            self.fail_open_count.inc()
+
+    async def correct(self, pairs: list[tuple[str, str]]) -> list[Correction]:
+        if not pairs:
+            return []
+        if len(pairs) == 1:
+            call = self.aligner.acorrect(*pairs[0], on_error=self.policy(), **self.generation())
+        else:
+            call = self.aligner.acorrect_batch(pairs, len(pairs), on_error=self.policy(), **self.generation())
+        try:
+            # shielded: a timeout abandons the correction (it finishes unobserved) instead of cancelling it mid-core
+            task = asyncio.ensure_future(call)
+            task.add_done_callback(_consume)
+            result = await asyncio.wait_for(asyncio.shield(task), self.config.aligner_timeout)
+        except Exception as exc:
+            results = [self.aligner_failed(q, a, exc) for q, a in pairs]
+        else:
+            results = [result] if isinstance(result, Correction) else list(result)
+        for correction in results:
+            self.record(correction)
+        return results
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned task's outcome, so a late failure is not reported as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
+class _Lines:
+    """Adapts collected lines to what `_sse_events` reads (``iter_lines``)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+
+    def iter_lines(self) -> list[str]:
+        return self.lines
+
+
+def last_user_text(messages: list[Any]) -> str:
+    """The conversation's last user message as text (text parts of a multi-part message joined)."""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return "\n".join(
+                    part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"
+                )
+            return ""
+    return ""
+
+
+def _skip_reason(message: Any) -> str | None:
+    if not isinstance(message, dict):
+        return "no message"
+    if message.get("tool_calls") or message.get("function_call"):
+        return "tool_calls"
+    content = message.get("content")
+    if not isinstance(content, str) or not content.strip():
+        return "no text"
+    return None
+
+
+def create_proxy_app(
+    aligner: Aligner,
+    config: ProxyConfig | None = None,
+    *,
+    upstream_transport: Any = None,
+    **options: Any,
+) -> Any:
+    """The proxy app. ``upstream_transport``: an ``httpx`` async transport (e.g. ``httpx.ASGITransport`` of
+    an in-process app, for tests); ``options`` set fields of `ProxyConfig`."""
+    from fastapi import FastAPI
+
+    if not isinstance(aligner, Aligner):
+        raise TypeError(
+            f"create_proxy_app needs an Aligner (local or Aligner.from_server), got {type(aligner).__name__}"
+        )
+    data = {**(config.model_dump() if config else {}), **options}
+    config = ProxyConfig.model_validate(data)
+    proxy = _Proxy(aligner, config, upstream_transport)
+    app = FastAPI(title="aligner-chains correcting proxy", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.proxy = proxy
+    install_error_handlers(app, ROUTES)
+    app.add_middleware(
+        ServingMiddleware,
+        metrics=proxy.metrics,
+        routes={"/v1/chat/completions", "/v1/models", "/health", "/metrics"},
+        protected=lambda path: path.startswith("/v1/"),
+        api_key=config.api_key,
+        max_in_flight=config.max_in_flight,
+    )
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "upstream": proxy.upstream, "aligner": aligner.model_name}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return proxy.metrics.response()
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> Response:
+        import httpx
+
+        try:
+            response = await proxy.client().get(f"{proxy.upstream}/models", headers=proxy.upstream_headers(request))
+        except httpx.TransportError as exc:
+            return proxy._transport_error(exc).response()
+        return Response(response.content, status_code=response.status_code, media_type="application/json")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        try:
+            return await _chat(proxy, request)
+        except Exception as exc:
+            return api_error_from(exc, what="proxying").response()
+
+    return app
+
+
+async def _chat(proxy: _Proxy, request: Request) -> Response:
+    body = await read_json_object(request, proxy.config.max_body_bytes)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(
+            400,
+            'Missing field \'messages\': send a non-empty list of {"role": ..., "content": ...} objects.'
+            if messages is None
+            else f"Field 'messages' must be a non-empty list, got {type(messages).__name__}.",
+            param="messages",
+        )
+    if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
+        raise ApiError(400, "Every item of 'messages' must be an object with a string 'role'.", param="messages")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ApiError(400, f"Field 'stream' must be a boolean, got {json.dumps(stream)[:40]}.", param="stream")
+    question = last_user_text(messages)
+    if not stream:
+        data = await proxy.post(request, body)
+        if isinstance(data, JSONResponse):
+            return data
+        todo = []
+        for choice in data["choices"]:
+            reason = _skip_reason(choice.get("message")) if isinstance(choice, dict) else "no message"
+            if reason is None:
+                todo.append(choice)
+            elif isinstance(choice, dict):
+                choice[SUMMARY_FIELD] = {"skipped": reason}
+        results = await proxy.correct([(question, c["message"]["content"]) for c in todo])
+        for choice, correction in zip(todo, results, strict=True):
+            choice["message"]["content"] = correction.corrected
+            choice[SUMMARY_FIELD] = correction.summary()
+        return JSONResponse(data)
+    chunks = await proxy.post_stream(request, body)
+    if isinstance(chunks, JSONResponse):
+        return chunks
+    plan = _StreamPlan(chunks)
+    if not plan.to_correct:
+        return StreamingResponse(_replay(chunks), media_type="text/event-stream", headers=SSE_HEADERS)
+    first = plan.to_correct[0]
+    head = await _first_piece(proxy, question, plan.content[first])
+    return StreamingResponse(
+        _corrected_stream(proxy, plan, question, head), media_type="text/event-stream", headers=SSE_HEADERS
+    )
+
+
+class _StreamPlan:
+    """The upstream chunks grouped per choice: the text, whether it has tool calls, how it finished."""
+
+    def __init__(self, chunks: list[dict[str, Any]]) -> None:
+        self.chunks = chunks
+        self.template = next((c for c in chunks if c.get("choices")), chunks[0] if chunks else {})
+        self.content: dict[int, str] = {}
+        self.tools: set[int] = set()
+        self.finish: dict[int, Any] = {}
+        self.order: list[int] = []
+        for chunk in chunks:
+            for choice in chunk.get("choices") or []:
+                index = choice.get("index", 0)
+                if index not in self.order:
+                    self.order.append(index)
+                delta = choice.get("delta") or {}
+                if isinstance(delta.get("content"), str):
+                    self.content[index] = self.content.get(index, "") + delta["content"]
+                if delta.get("tool_calls") or delta.get("function_call"):
+                    self.tools.add(index)
+                if choice.get("finish_reason") is not None:
+                    self.finish[index] = choice["finish_reason"]
+        self.to_correct = [i for i in self.order if i not in self.tools and self.content.get(i, "").strip()]
+
+    def chunk(self, index: int, delta: dict[str, Any], finish: Any = None, **extra: Any) -> dict[str, Any]:
+        base = {k: v for k, v in self.template.items() if k not in ("choices", "usage")}
+        return {
+            **base,
+            "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish, **extra}],
+        }
+
+    def passthrough(self, index: int) -> list[dict[str, Any]]:
+        """The upstream chunks of choice ``index`` as they were."""
+        out = []
+        for chunk in self.chunks:
+            mine = [c for c in chunk.get("choices") or [] if c.get("index", 0) == index]
+            if mine:
+                out.append({**chunk, "choices": mine})
+        return out
+
+    def trailers(self) -> list[dict[str, Any]]:
+        """Chunks without choices (the usage chunk)."""
+        return [c for c in self.chunks if not c.get("choices")]
+
+
+async def _replay(chunks: list[dict[str, Any]]) -> AsyncIterator[str]:
+    for chunk in chunks:
+        yield sse(chunk)
+    yield SSE_DONE
+
+
+class _Head:
+    """The first correction of a stream, started before the response (so its failure can be an HTTP status)."""
+
+    def __init__(self, items: list[Any], rest: AsyncIterator[Any] | None) -> None:
+        self.items = items
+        self.rest = rest
+
+
+async def _first_piece(proxy: _Proxy, question: str, answer: str) -> _Head:
+    agen = proxy.aligner.aiter_correction(question, answer, on_error=proxy.policy(), **proxy.generation())
+    try:
+        first = await asyncio.wait_for(agen.__anext__(), proxy.config.aligner_timeout)
+    except StopAsyncIteration:
+        return _Head([], None)
+    except Exception as exc:
+        await agen.aclose()
+        failed = proxy.aligner_failed(question, answer, exc)  # raises the 502/504 unless fail-open
+        return _Head([answer, failed], None)  # fail-open: the uncorrected answer streams out
+    return _Head([first], agen)
+
+
+async def _correction_items(proxy: _Proxy, question: str, answer: str, head: _Head | None) -> AsyncIterator[Any]:
+    if head is None:
+        head = await _first_piece(proxy, question, answer)
+    try:
+        for item in head.items:
+            yield item
+        if head.rest is not None:
+            async for item in head.rest:
+                yield item
+    finally:
+        if head.rest is not None:
+            await head.rest.aclose()  # type: ignore[attr-defined]
+
+
+async def _corrected_stream(proxy: _Proxy, plan: _StreamPlan, question: str, head: _Head) -> AsyncIterator[str]:
+    first = plan.to_correct[0]
+    try:
+        for index in plan.order:
+            if index not in plan.to_correct:
+                for chunk in plan.passthrough(index):
+                    yield sse(chunk)
+                continue
+            answer = plan.content[index]
+            yield sse(plan.chunk(index, {"role": "assistant", "content": ""}))
+            correction: Correction | None = None
+            async for item in _correction_items(proxy, question, answer, head if index == first else None):
+                if isinstance(item, Correction):
+                    correction = item
+                elif item:
+                    yield sse(plan.chunk(index, {"content": item}))
+            summary = correction.summary() if correction is not None else {"error": "no correction produced"}
+            if correction is not None:
+                proxy.record(correction)
+            yield sse(plan.chunk(index, {}, plan.finish.get(index, "stop"), **{SUMMARY_FIELD: summary}))
+        for chunk in plan.trailers():
+            yield sse(chunk)
+    except Exception as exc:
+        yield sse(api_error_from(exc, what="correction").body())
+    yield SSE_DONE

@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from aligner_chains import Aligner, GenerationParams
+from aligner_chains.core.engine import HFGenerate
+from aligner_chains.core.loading import DEMO_MODEL_DIR, load_model
+from aligner_chains.core.speculative import CopyAwareSpeculative, _Row
+
+PAIRS = [
+    ("What is it?", "The quick brown fox jumps over the lazy dog."),
+    ("Again?", "The quick brown fox jumps over the lazy dog. The quick brown fox jumps over the lazy dog."),
+    ("Hi", "Hello there, how are you?"),
+    ("Contact?", "Write to jane.doe@example.com or call +1 415-555-0132 after nine."),
+    ("x", "y"),
+]
+
+
+@pytest.fixture(scope="module")
+def plain_and_spec(tiny_model_dir: Path) -> tuple[Aligner, Aligner]:
+    plain = Aligner.from_pretrained(str(tiny_model_dir), max_new_tokens=24, speculative=False)
+    spec = Aligner.from_pretrained(str(tiny_model_dir), max_new_tokens=24)
+    assert isinstance(spec.backend.strategy, CopyAwareSpeculative) and isinstance(plain.backend.strategy, HFGenerate)
+    return plain, spec
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 5])
+def test_greedy_output_identical_to_plain(plain_and_spec: tuple[Aligner, Aligner], batch_size: int) -> None:
+    plain, spec = plain_and_spec
+    expected = [c.corrected for c in plain.correct_batch(PAIRS, batch_size=batch_size)]
+    got = spec.correct_batch(PAIRS, batch_size=batch_size)
+    assert [c.corrected for c in got] == expected
+    assert all({"forward_passes", "accepted_draft_tokens", "tokens_per_pass"} <= set(c.stats) for c in got)
+
+
+def greedy_ids(loaded, prompts: list[str], max_new: int) -> tuple[dict, list[list[int]]]:
+    batch = loaded.tokenizer(prompts, return_tensors="pt", padding=True)
+    out = loaded.model.generate(
+        **batch, max_new_tokens=max_new, do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id
+    )
+    return batch, out[:, batch["input_ids"].shape[1] :].tolist()
+
+
+def test_long_accepted_drafts_stay_exact_in_a_batch(tiny_model_dir: Path) -> None:
+    """Drafting from the model's own greedy output (corrupted in places) accepts long blocks, unevenly per row."""
+    loaded = load_model(str(tiny_model_dir))
+    prompts = ["BEGINNING OF CONVERSATION: USER: a", "short", "The quick brown fox jumps over the lazy dog again"]
+    batch, expected = greedy_ids(loaded, prompts, 30)
+    sources = [ids[:10] + [5, 6, 7] + ids[10:] for ids in expected]  # an inserted detour forces a re-sync
+    sources[1] = sources[1][:4]  # one row can only draft briefly
+    strategy = CopyAwareSpeculative(max_draft=8)
+    with torch.inference_mode():
+        result = strategy.decode(
+            loaded.model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            GenerationParams(max_new_tokens=30),
+            eos_token_ids=[loaded.tokenizer.eos_token_id],
+            pad_token_id=loaded.tokenizer.pad_token_id,
+            sources=sources,
+        )
+    eos = loaded.tokenizer.eos_token_id
+    for row, want in zip(result.tokens.tolist(), expected, strict=True):
+        want = want[: want.index(eos) + 1] if eos in want else want
+        assert row[: len(want)] == want
+    accepted = [s["accepted_draft_tokens"] for s in result.stats]
+    passes = [s["forward_passes"] for s in result.stats]
+    assert accepted[0] > 15 and accepted[2] > 15 and accepted[1] < accepted[0]
+    assert passes[0] < 15 and passes[0] < passes[1]  # rows advance unevenly in one batch
+
+
+def test_sampling_falls_back_to_plain_generate(plain_and_spec: tuple[Aligner, Aligner]) -> None:
+    _, spec = plain_and_spec
+    strategy = spec.backend.strategy
+    assert strategy.is_exact_for(GenerationParams(max_new_tokens=4))
+    assert not strategy.is_exact_for(GenerationParams(do_sample=True, temperature=0.7))
+    assert not strategy.is_exact_for(GenerationParams(num_beams=2))
+    torch.manual_seed(0)
+    c = spec.correct(*PAIRS[0], do_sample=True, temperature=0.9)
+    assert "accepted_draft_tokens" not in c.stats and c.completion_tokens == 24
+
+
+def test_stream_and_max_new_tokens(plain_and_spec: tuple[Aligner, Aligner]) -> None:
+    plain, spec = plain_and_spec
+    for q, a in PAIRS:
+        assert "".join(spec.stream(q, a)) == plain.correct(q, a).corrected
+        assert spec.correct(q, a, max_new_tokens=5).completion_tokens <= 5
+
+
+def test_draft_length_adapts() -> None:
+    strategy = CopyAwareSpeculative(max_draft=10, min_draft=2)
+    row = _Row(source=[1, 2, 3], budget=100, draft_len=4)
+    strategy._adapt(row, drafted=4, accepted=4)
+    assert row.draft_len == 6
+    strategy._adapt(row, drafted=6, accepted=1)
+    assert row.draft_len == 3
+    for _ in range(10):
+        strategy._adapt(row, drafted=row.draft_len, accepted=row.draft_len)
+    assert row.draft_len == 10
+
+
+def test_drafts_follow_the_answer_after_a_divergence() -> None:
+    strategy = CopyAwareSpeculative(max_draft=4)
+    row = _Row(source=[10, 11, 12, 13, 14, 15, 16], budget=100, draft_len=4)
+    row.generated = [10, 11]
+    assert strategy._draft(row) == [12, 13, 14, 15]
+    row.generated = [10, 11, 99, 14]  # the correction replaced 12-13, then copies again
+    assert strategy._draft(row) == [15, 16]
+    row.generated = [42]
+    assert strategy._draft(row) == []
+
+
+demo_only = pytest.mark.skipif(not (DEMO_MODEL_DIR / "config.json").is_file(), reason="demo Aligner not installed")
+
+
+@demo_only
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_demo_aligner_identical_with_fewer_passes(batch_size: int) -> None:
+    from aligner_chains.demo.dataset import build_examples
+
+    rows = build_examples(8, seed=5, split="heldout")
+    pairs = [(r["question"], r["answer"]) for r in rows]
+    plain = Aligner.from_pretrained("demo", speculative=False)
+    spec = Aligner.from_pretrained("demo")
+    expected = plain.correct_batch(pairs, batch_size=batch_size)
+    got = spec.correct_batch(pairs, batch_size=batch_size)
+    assert [c.corrected for c in got] == [c.corrected for c in expected]
+    passes = sum(c.stats["forward_passes"] for c in got)
+    tokens = sum(c.completion_tokens for c in got)
+    assert passes * 2 < tokens
