@@ -251,8 +251,9 @@ def test_two_process_training_matches_gradient_accumulation(tmp_path: Path) -> N
     cmd = [
         # `--multi_gpu` is accelerate's torchrun launcher; without CUDA the trainer forms a gloo CPU group.
         # (`accelerate launch --cpu --num_processes 2` starts a single process in accelerate 1.x.)
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "aligner_chains.finetune.sft", "--config", str(cfg),
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "-m", "aligner_chains.finetune.sft", "--config", str(cfg),
     ]  # fmt: skip
     done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -65,16 +65,24 @@ class CopyAwareSpeculative(DecodingStrategy):
     """Greedy decoding that drafts from each row's source text (the answer) and verifies in blocks.
 
     ``max_draft`` bounds the block; the draft length of a row grows while its drafts are accepted
-    and shrinks when they are not. Sampling and non-greedy settings fall back to ``fallback``.
+    and shrinks when they are not. ``block_tokens`` caps the drafts of one forward pass over the
+    whole batch, so large batches verify short drafts (their compute is already well used).
+    Sampling and non-greedy settings fall back to ``fallback``.
     """
 
     name = "copy-aware"
 
     def __init__(
-        self, max_draft: int = 16, min_draft: int = 2, max_ngram: int = 3, fallback: DecodingStrategy | None = None
+        self,
+        max_draft: int = 24,
+        min_draft: int = 8,
+        max_ngram: int = 3,
+        block_tokens: int = 192,
+        fallback: DecodingStrategy | None = None,
     ):
+        self.block_tokens = block_tokens
         self.max_draft = max_draft
-        self.min_draft = min_draft
+        self.min_draft = min(min_draft, max_draft)
         self.max_ngram = max_ngram
         self.fallback = fallback or HFGenerate()
 
@@ -139,7 +147,9 @@ class CopyAwareSpeculative(DecodingStrategy):
         while not all(row.done for row in rows):
             if stop_event is not None and stop_event.is_set():
                 break
-            drafts = [[] if row.done else self._draft(row) for row in rows]
+            active = sum(not row.done for row in rows)
+            cap = max(1, self.block_tokens // max(1, active))
+            drafts = [[] if row.done else self._draft(row)[:cap] for row in rows]
             width = 1 + max(len(d) for d in drafts)
             block = torch.full((batch, width), pad_token_id, dtype=torch.long, device=device)
             valid = torch.zeros((batch, width), dtype=mask.dtype, device=device)
