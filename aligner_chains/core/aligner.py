@@ -525,6 +525,7 @@ def _check_on_error(on_error: Any) -> OnError:
     return on_error
 
 
+#: Keyword arguments of ``Aligner.from_pretrained`` that choose and place the weights (not generation).
 LOADING_OPTIONS = frozenset(
     {
         "template",

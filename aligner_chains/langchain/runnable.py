@@ -25,7 +25,7 @@ from langchain_core.runnables.config import patch_config
 from langchain_core.runnables.utils import AddableDict
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from aligner_chains.core.aligner import Aligner, resolve_aligner
+from aligner_chains.core.aligner import LOADING_OPTIONS, Aligner, resolve_aligner
 from aligner_chains.core.errors import DataError, MissingQuestionError
 from aligner_chains.core.result import Correction
 from aligner_chains.core.templates import Template
@@ -54,18 +54,8 @@ DIFF_EVENT = "aligner_diff"
 AlignerInput = Union[str, AIMessage, dict[str, Any]]  # noqa: UP007 (pydantic/langchain schema generation)
 AlignerOutput = Union[str, AIMessage, dict[str, Any]]  # noqa: UP007
 
-_LOAD_OPTIONS = (
-    "template",
-    "device",
-    "dtype",
-    "device_map",
-    "quantization",
-    "adapter",
-    "trust_remote_code",
-    "allow_pickle",
-    "revision",
-    "overflow",
-)
+# The loading options that are fields of the runnable (a strategy object is not serialisable).
+_LOAD_OPTIONS = sorted(LOADING_OPTIONS - {"strategy"})
 
 
 @dataclass

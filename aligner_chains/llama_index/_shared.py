@@ -20,7 +20,7 @@ from llama_index.core.base.response.schema import (
     StreamingResponse,
 )
 
-from aligner_chains.core.aligner import Aligner, resolve_aligner
+from aligner_chains.core.aligner import LOADING_OPTIONS, Aligner, resolve_aligner
 from aligner_chains.core.errors import ConfigError
 from aligner_chains.core.result import Correction
 from aligner_chains.llama_index.events import AlignerCorrectionEndEvent, AlignerCorrectionStartEvent, Component
@@ -29,23 +29,6 @@ dispatcher = instrument.get_dispatcher(__name__)
 
 #: Key of ``Response.metadata`` (and ``StreamingResponse.metadata``) that holds ``Correction.summary()``.
 METADATA_KEY = "aligner"
-
-#: Keyword arguments of ``Aligner.from_pretrained`` that choose and place the weights (not generation).
-LOADING_OPTIONS = frozenset(
-    {
-        "template",
-        "device",
-        "dtype",
-        "device_map",
-        "quantization",
-        "adapter",
-        "trust_remote_code",
-        "allow_pickle",
-        "revision",
-        "overflow",
-        "strategy",
-    }
-)
 
 
 class LazyAligner:
