@@ -109,8 +109,16 @@ def test_drafts_follow_the_answer_after_a_divergence() -> None:
     assert strategy._draft(row) == [12, 13, 14, 15]
     row.generated = [10, 11, 99, 14]  # the correction replaced 12-13, then copies again
     assert strategy._draft(row) == [15, 16]
-    row.generated = [42]
-    assert strategy._draft(row) == []
+    row.generated = [10, 11, 99, 14, 15, 16, 77]  # nothing matches: guess a same-length replacement
+    assert strategy._draft(row) == []  # ... which runs past the end of the answer here
+    fresh = _Row(source=[10, 11, 12, 13, 14, 15, 16], budget=100, draft_len=4)
+    fresh.generated = [10, 11]
+    assert strategy._draft(fresh) == [12, 13, 14, 15]
+    fresh.generated = [10, 11, 88]  # 12 was replaced by 88: copy on from 13
+    assert strategy._draft(fresh) == [13, 14, 15, 16]
+    unaligned = _Row(source=[1, 2, 3], budget=100, draft_len=4)
+    unaligned.generated = [42]
+    assert strategy._draft(unaligned) == []
 
 
 demo_only = pytest.mark.skipif(not (DEMO_MODEL_DIR / "config.json").is_file(), reason="demo Aligner not installed")
