@@ -188,10 +188,12 @@ def test_llm_annotator_asks_in_both_orders_and_labels_agreement() -> None:
     annotator = LLMAnnotator(judge, instructions="Prefer the shorter response.")
     assert annotator.annotate("Q?", "short", "a much longer response") == 0
     assert annotator.annotate("Q?", "a much longer response", "short") == 1
-    first, second = judge.seen[:2]
-    assert parse_judge_prompt(first)[1:] == ("Q?", "short", "a much longer response")
-    assert parse_judge_prompt(second)[1:] == ("Q?", "a much longer response", "short")  # swapped
-    assert first.startswith("Prefer the shorter response.")
+    first, second = judge.seen[:2]  # the two orders are asked concurrently: either may arrive first
+    assert {parse_judge_prompt(first)[1:], parse_judge_prompt(second)[1:]} == {
+        ("Q?", "short", "a much longer response"),
+        ("Q?", "a much longer response", "short"),  # swapped
+    }
+    assert first.startswith("Prefer the shorter response.") and second.startswith("Prefer the shorter response.")
     longer = LLMAnnotator(RuleJudge(), instructions="Prefer the longer response.")
     assert longer.annotate("Q?", "short", "a much longer response") == 1  # instructions steer the judge
     judgement = annotator.judge_batch([("Q?", "short", "longer one")])[0]
