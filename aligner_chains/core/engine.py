@@ -264,8 +264,13 @@ class LocalBackend(Backend):
         self.eos_token_ids = _eos_ids(loaded)
         self.pad_token_id = int(self.tokenizer.pad_token_id)
 
+    def _encode(self, text: str | list[str], **kwargs: Any) -> Any:
+        """Tokenise under the model's tokenizer lock (fast tokenizers are not safe to share across threads)."""
+        with self.loaded.tokenizer_lock:
+            return self.tokenizer(text, **kwargs)
+
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        return len(self._encode(text, add_special_tokens=True)["input_ids"])
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return decode_text(self.tokenizer, token_ids)
@@ -273,7 +278,7 @@ class LocalBackend(Backend):
     def truncate_left(self, text: str, n_tokens: int) -> str:
         if n_tokens <= 0:
             return text
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = self._encode(text, add_special_tokens=False)["input_ids"]
         return self.tokenizer.decode(ids[n_tokens:], clean_up_tokenization_spaces=False)
 
     def generate(
@@ -289,9 +294,9 @@ class LocalBackend(Backend):
         stop_event: threading.Event | None = None,
         sources: Sequence[str] | None = None,
     ) -> list[GenerationOutput]:
-        batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=True)
+        batch = self._encode(prompts, return_tensors="pt", padding=True, add_special_tokens=True)
         source_ids = (
-            [self.tokenizer(" " + text, add_special_tokens=False)["input_ids"] for text in sources]
+            self._encode([" " + text for text in sources], add_special_tokens=False)["input_ids"]
             if sources is not None
             else None
         )

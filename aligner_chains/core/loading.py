@@ -65,6 +65,9 @@ class LoadedModel:
     aligner_config: dict[str, Any] | None
     max_context: int | None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Fast tokenizers set padding/truncation state on the shared Rust object for each call, so
+    # concurrent calls with different settings corrupt each other: every call takes this lock.
+    tokenizer_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
