@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -233,3 +235,12 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[st
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"Invalid {cls.__name__}{f' in {path}' if path else ''}: {problems}") from exc
+
+
+def script_main(run_from_args: Any, description: str | None, argv: Sequence[str] | None) -> int:
+    """``python -m <trainer> --config cfg.yaml [--key value ...]``: the shared entry of every trainer module."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", help="YAML or JSON config file; any further --key value overrides it")
+    args, rest = parser.parse_known_args(argv)
+    print(f"Exported to {run_from_args(args.config, rest)}")
+    return 0

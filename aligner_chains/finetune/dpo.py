@@ -8,7 +8,6 @@ is the frozen initial policy: with LoRA, the same model with its adapters disabl
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 import warnings
@@ -22,7 +21,7 @@ import torch
 
 from aligner_chains.core.errors import ConfigError
 from aligner_chains.finetune.checkpoints import latest_checkpoint, save_checkpoint
-from aligner_chains.finetune.config import DPOConfig, load_config, parse_overrides
+from aligner_chains.finetune.config import DPOConfig, load_config, parse_overrides, script_main
 from aligner_chains.finetune.data import split_eval
 from aligner_chains.finetune.logprobs import Reference, sequence_logps
 from aligner_chains.finetune.losses import preference_loss
@@ -240,11 +239,7 @@ def run_from_args(config_path: str | None, overrides: list[str]) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m aligner_chains.finetune.dpo --config cfg.yaml [--key value ...]`` (also under accelerate launch)."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", help="YAML or JSON file with DPOConfig fields")
-    args, rest = parser.parse_known_args(argv)
-    print(f"Exported to {run_from_args(args.config, rest)}")
-    return 0
+    return script_main(run_from_args, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from Python with ``train_oaif(config, annotator=...)`` and any annotator object.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import re
@@ -31,7 +30,7 @@ from aligner_chains.core.errors import ConfigError, DataError
 from aligner_chains.core.templates import Template
 from aligner_chains.finetune.annotators import Annotator, annotator_from_settings, as_annotator
 from aligner_chains.finetune.checkpoints import latest_checkpoint, save_checkpoint
-from aligner_chains.finetune.config import OAIFConfig, load_config, parse_overrides
+from aligner_chains.finetune.config import OAIFConfig, load_config, parse_overrides, script_main
 from aligner_chains.finetune.data import read_records
 from aligner_chains.finetune.dpo import check_policy_settings
 from aligner_chains.finetune.logprobs import Reference, sample_completions, sequence_logps
@@ -299,11 +298,7 @@ def run_from_args(config_path: str | None, overrides: list[str]) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m aligner_chains.finetune.oaif --config cfg.yaml [--key value ...]`` (also under accelerate launch)."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", help="YAML or JSON file with OAIFConfig fields")
-    args, rest = parser.parse_known_args(argv)
-    print(f"Exported to {run_from_args(args.config, rest)}")
-    return 0
+    return script_main(run_from_args, __doc__, argv)
 
 
 if __name__ == "__main__":

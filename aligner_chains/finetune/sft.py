@@ -6,7 +6,6 @@ Run directly (``aligner-chains train sft --config cfg.yaml``) or under
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -22,7 +21,7 @@ from aligner_chains.core.errors import ConfigError, MissingDependencyError
 from aligner_chains.core.loading import ALIGNER_CONFIG_NAME, resolve_model_path
 from aligner_chains.core.templates import BUILTIN_TEMPLATES, Template, get_template
 from aligner_chains.finetune.checkpoints import latest_checkpoint, save_checkpoint
-from aligner_chains.finetune.config import SFTConfig, load_config, parse_overrides
+from aligner_chains.finetune.config import SFTConfig, load_config, parse_overrides, script_main
 from aligner_chains.finetune.data import (
     IGNORE_INDEX,
     Example,
@@ -365,10 +364,6 @@ def export_model(
     return out
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML or JSON file with SFTConfig fields")
-
-
 def run_from_args(config_path: str | None, overrides: list[str]) -> Path:
     config = load_config(SFTConfig, config_path, parse_overrides(overrides))
     return train_sft(config)
@@ -376,12 +371,7 @@ def run_from_args(config_path: str | None, overrides: list[str]) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m aligner_chains.finetune.sft --config cfg.yaml [--key value ...]`` (also under accelerate launch)."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    add_arguments(parser)
-    args, rest = parser.parse_known_args(argv)
-    path = run_from_args(args.config, rest)
-    print(f"Exported to {path}")
-    return 0
+    return script_main(run_from_args, __doc__, argv)
 
 
 if __name__ == "__main__":
