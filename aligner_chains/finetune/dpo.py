@@ -8,7 +8,6 @@ is the frozen initial policy: with LoRA, the same model with its adapters disabl
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from collections import defaultdict
@@ -27,7 +26,7 @@ from aligner_chains.finetune.logprobs import Reference, sequence_logps
 from aligner_chains.finetune.losses import preference_loss
 from aligner_chains.finetune.metrics import MetricsLog, policy_template
 from aligner_chains.finetune.preference_data import PairExample, collate_pairs, encode_pair, load_pairs
-from aligner_chains.finetune.sft import build_tokenizer_and_model, export_model, make_accelerator, plan_updates
+from aligner_chains.finetune.sft import build_tokenizer_and_model, finish_training, make_accelerator, plan_updates
 
 
 def check_policy_settings(config: Any) -> None:
@@ -226,10 +225,7 @@ def train_dpo(config: DPOConfig) -> Path:
     if scores:
         accelerator.log({f"eval/{k}": v for k, v in scores.items()}, step=total_steps)
         log.write(total_steps, {f"eval/{k}": v for k, v in scores.items()})
-    out = export_model(accelerator, model, tokenizer, config, template, data_stats, summary)  # type: ignore[arg-type]
-    accelerator.print("Training summary: " + json.dumps(summary))
-    accelerator.end_training()
-    return out
+    return finish_training(accelerator, model, tokenizer, config, template, data_stats, summary)
 
 
 def run_from_args(config_path: str | None, overrides: list[str]) -> Path:

@@ -12,7 +12,6 @@ from Python with ``train_oaif(config, annotator=...)`` and any annotator object.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import time
@@ -36,7 +35,7 @@ from aligner_chains.finetune.dpo import check_policy_settings
 from aligner_chains.finetune.logprobs import Reference, sample_completions, sequence_logps
 from aligner_chains.finetune.losses import preference_loss
 from aligner_chains.finetune.metrics import MetricsLog, policy_template
-from aligner_chains.finetune.sft import build_tokenizer_and_model, export_model, make_accelerator
+from aligner_chains.finetune.sft import build_tokenizer_and_model, finish_training, make_accelerator
 
 
 @dataclass(frozen=True)
@@ -285,10 +284,7 @@ def train_oaif(config: OAIFConfig, annotator: Any = None) -> Path:
         "wall_time_s": round(time.perf_counter() - started, 1),
     }
     data_stats = {"prompts": len(prompts), "annotator": type(judge).__name__}
-    out = export_model(accelerator, model, tokenizer, public_config(config), template, data_stats, summary)  # type: ignore[arg-type]
-    accelerator.print("Training summary: " + json.dumps(summary))
-    accelerator.end_training()
-    return out
+    return finish_training(accelerator, model, tokenizer, public_config(config), template, data_stats, summary)
 
 
 def run_from_args(config_path: str | None, overrides: list[str]) -> Path:

@@ -324,7 +324,20 @@ def train_sft(config: SFTConfig) -> Path:
     }
     if eval_loss is not None:
         accelerator.log({"eval/loss": eval_loss}, step=total_steps)
-    out = export_model(accelerator, model, tokenizer, config, template, {**data_stats}, summary)
+    return finish_training(accelerator, model, tokenizer, config, template, data_stats, summary)
+
+
+def finish_training(
+    accelerator: Any,
+    model: Any,
+    tokenizer: Any,
+    config: Any,
+    template: Template | None,
+    data_stats: dict[str, Any],
+    summary: dict[str, Any],
+) -> Path:
+    """The end of every trainer: export, print the summary, close the trackers."""
+    out = export_model(accelerator, model, tokenizer, config, template, data_stats, summary)
     accelerator.print("Training summary: " + json.dumps(summary))
     accelerator.end_training()
     return out
