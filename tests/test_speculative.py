@@ -139,3 +139,96 @@ def test_demo_aligner_identical_with_fewer_passes(batch_size: int) -> None:
     passes = sum(c.stats["forward_passes"] for c in got)
     tokens = sum(c.completion_tokens for c in got)
     assert passes * 2 < tokens
+
+
+def test_rows_stop_at_their_own_limits(tiny_model_dir: Path) -> None:
+    """One batch, three limits: each row is the model's greedy output cut at its own limit."""
+    loaded = load_model(str(tiny_model_dir))
+    prompts = ["BEGINNING OF CONVERSATION: USER: a", "short", "The quick brown fox jumps over the lazy dog again"]
+    batch, expected = greedy_ids(loaded, prompts, 30)
+    limits = [3, 30, 11]
+    with torch.inference_mode():
+        result = CopyAwareSpeculative(max_draft=8).decode(
+            loaded.model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            GenerationParams(max_new_tokens=30),
+            eos_token_ids=[loaded.tokenizer.eos_token_id],
+            pad_token_id=loaded.tokenizer.pad_token_id,
+            sources=[ids[:20] for ids in expected],
+            limits=limits,
+        )
+    eos = loaded.tokenizer.eos_token_id
+    for row, want, limit in zip(result.tokens.tolist(), expected, limits, strict=True):
+        want = want[: want.index(eos) + 1] if eos in want[:limit] else want[:limit]
+        assert row[: len(want)] == want
+        assert set(row[len(want) :]) <= {loaded.tokenizer.pad_token_id}
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_unset_limits_share_one_batch(tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prompts of different lengths get different implicit limits (the room left) yet run as one batch.
+
+    GPT-2's learned positions would fail on any position id past the context, so it also shows that
+    no row (nor its masked padding) runs past its own room.
+    """
+    from aligner_chains.testing import build_tiny_llama
+
+    path = tmp_path / kind
+    if kind == "llama":
+        build_tiny_llama(path, max_position_embeddings=128)
+    else:
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        build_tiny_llama(path, max_position_embeddings=128)  # for its tokenizer and aligner_config.json
+        tokenizer_vocab = len(load_model(str(path)).tokenizer)
+        torch.manual_seed(0)
+        config = GPT2Config(vocab_size=tokenizer_vocab, n_positions=128, n_embd=32, n_layer=2, n_head=4)
+        GPT2LMHeadModel(config).save_pretrained(path)
+    pairs = [
+        ("Q?", "The quick brown fox."),
+        ("A longer question, to shift the room left?", "Hello there."),
+        ("Hi", "Hello there, how are you?"),
+        ("x", "y"),
+    ]
+    spec = Aligner.from_pretrained(str(path), micro_batching=False)
+    plain = Aligner.from_pretrained(str(path), micro_batching=False, speculative=False)
+    calls: list[int] = []
+    original = spec.backend.generate
+
+    def spy(prompts, params, **kwargs):
+        calls.append(len(prompts))
+        return original(prompts, params, **kwargs)
+
+    monkeypatch.setattr(spec.backend, "generate", spy)
+    got = spec.correct_batch(pairs, batch_size=len(pairs))
+    assert calls == [len(pairs)]
+    assert len({c.prompt_tokens for c in got}) > 1
+    singles = [plain.correct(q, a) for q, a in pairs]
+    assert [c.corrected for c in got] == [c.corrected for c in singles]
+    assert [c.completion_tokens for c in got] == [c.completion_tokens for c in singles]
+    assert all(c.prompt_tokens + c.completion_tokens <= 128 for c in got)
+
+
+def test_plain_generate_honours_row_limits(tiny_model_dir: Path) -> None:
+    loaded = load_model(str(tiny_model_dir))
+    prompts = ["BEGINNING OF CONVERSATION: USER: a", "short"]
+    batch, expected = greedy_ids(loaded, prompts, 12)
+    with torch.inference_mode():
+        result = HFGenerate().decode(
+            loaded.model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            GenerationParams(max_new_tokens=12),
+            eos_token_ids=[loaded.tokenizer.eos_token_id],
+            pad_token_id=loaded.tokenizer.pad_token_id,
+            limits=[4, 12],
+        )
+    rows = result.tokens.tolist()
+    eos = loaded.tokenizer.eos_token_id
+    for row, want, limit in zip(rows, expected, [4, 12], strict=True):
+        want = want[: want.index(eos) + 1] if eos in want[:limit] else want[:limit]
+        assert row[: len(want)] == want
+    assert not HFGenerate().mixes_limits(GenerationParams())
+    assert CopyAwareSpeculative().mixes_limits(GenerationParams())
+    assert not CopyAwareSpeculative().mixes_limits(GenerationParams(do_sample=True))

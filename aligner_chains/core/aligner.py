@@ -231,7 +231,7 @@ class Aligner:
         explicit = params.max_new_tokens
         if context is None:
             return _Prepared(
-                question, answer, prompt, n_prompt, _with_max_new(params, explicit or DEFAULT_MAX_NEW_TOKENS)
+                question, answer, prompt, n_prompt, params.with_max_new_tokens(explicit or DEFAULT_MAX_NEW_TOKENS)
             )
         need = explicit if explicit is not None else self.backend.count_tokens(answer)
         if n_prompt + need > context and self.overflow == "truncate_question":
@@ -241,7 +241,7 @@ class Aligner:
                 n_prompt = self.backend.count_tokens(prompt)
         if n_prompt + need <= context:
             max_new = explicit if explicit is not None else min(DEFAULT_MAX_NEW_TOKENS, context - n_prompt)
-            return _Prepared(question, answer, prompt, n_prompt, _with_max_new(params, max_new))
+            return _Prepared(question, answer, prompt, n_prompt, params.with_max_new_tokens(max_new))
         what = f"max_new_tokens={explicit}" if explicit is not None else f"the answer's own length ({need} tokens)"
         raise InputTooLongError(
             f"The prompt takes {n_prompt} tokens; with {what} that is {n_prompt + need} tokens, more than "
@@ -513,10 +513,6 @@ class Aligner:
 
     def __repr__(self) -> str:
         return f"Aligner(model={self.model_name!r}, template={self.template.name!r})"
-
-
-def _with_max_new(params: GenerationParams, max_new: int) -> GenerationParams:
-    return params.model_copy(update={"max_new_tokens": max_new})
 
 
 def _check_on_error(on_error: Any) -> OnError:

@@ -22,7 +22,7 @@ class _Request:
 
     def key(self) -> str:
         """Requests with equal settings (apart from their token limit) can share a batch."""
-        return self.params.model_copy(update={"max_new_tokens": None}).model_dump_json()
+        return self.params.with_max_new_tokens(None).model_dump_json()
 
 
 class MicroBatcher:
@@ -106,21 +106,22 @@ def run_batch(
 ) -> list[GenerationOutput]:
     """Generate for prompts whose settings differ only in ``max_new_tokens``; results in input order.
 
-    Rows are split into as few generations as keep every row's prompt plus the batch's token
-    limit inside the context; each row is then cut to its own limit. So a row's result does not
-    depend on its batch-mates.
+    Where the backend can stop each row at its own limit, all rows run as one batch. Otherwise the
+    batch shares its largest limit, so rows are split into as few generations as keep every row's
+    prompt plus that limit inside the context, and each row is cut to its own limit. Either way a
+    row's result does not depend on its batch-mates.
     """
     limits = [int(p.max_new_tokens or 1) for p in params]
+    mixed = backend.can_mix_limits(params[0])
+    parts = [list(range(len(prompts)))] if mixed else _partition(limits, prompt_tokens, backend.max_context)
     outputs: list[GenerationOutput | None] = [None] * len(prompts)
-    if backend.independent_requests:  # each prompt is sent on its own: give every row its own limit
-        parts = [[i for i in range(len(limits)) if limits[i] == limit] for limit in dict.fromkeys(limits)]
-    else:
-        parts = _partition(limits, prompt_tokens, backend.max_context)
     for part in parts:
-        shared = params[part[0]].model_copy(update={"max_new_tokens": max(limits[i] for i in part)})
+        shared = params[part[0]].with_max_new_tokens(max(limits[i] for i in part))
         part_sources = [sources[i] for i in part]
-        use_sources = None if any(s is None for s in part_sources) else part_sources
-        generated = backend.generate([prompts[i] for i in part], shared, sources=use_sources)
+        options: dict[str, Any] = {"limits": [limits[i] for i in part]} if mixed else {}
+        if all(s is not None for s in part_sources):
+            options["sources"] = part_sources
+        generated = backend.generate([prompts[i] for i in part], shared, **options)
         for i, out in zip(part, generated, strict=True):
             outputs[i] = _cut(backend, out, limits[i])
     return [out for out in outputs if out is not None]

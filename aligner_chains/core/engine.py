@@ -46,6 +46,10 @@ class GenerationParams(BaseModel):
         except Exception as exc:
             raise ConfigError(f"Invalid generation settings {overrides!r}: {exc}") from exc
 
+    def with_max_new_tokens(self, max_new_tokens: int | None) -> GenerationParams:
+        """A copy with another token limit (None: unset)."""
+        return self.model_copy(update={"max_new_tokens": max_new_tokens})
+
     def generate_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``model.generate`` (unset values omitted)."""
         data = {k: v for k, v in self.model_dump().items() if v is not None}
@@ -71,7 +75,7 @@ class Backend(ABC):
 
     name: str = ""
     max_context: int | None = None
-    #: True when each prompt is a request of its own (a server): batches then never mix token limits.
+    #: True when each prompt is a request of its own (a server).
     independent_requests: bool = False
 
     @abstractmethod
@@ -86,11 +90,26 @@ class Backend(ABC):
         """Completion token ids to text as corrections report it (backends with a tokenizer override this)."""
         raise NotImplementedError(f"{type(self).__name__} cannot decode token ids")
 
+    def can_mix_limits(self, params: GenerationParams) -> bool:
+        """True when one `generate` call can give each row its own token limit (its ``limits``).
+
+        Otherwise a batch shares one limit, and rows that would overrun the context with it must
+        be generated apart.
+        """
+        return self.independent_requests
+
     @abstractmethod
     def generate(
-        self, prompts: Sequence[str], params: GenerationParams, sources: Sequence[str] | None = None
+        self,
+        prompts: Sequence[str],
+        params: GenerationParams,
+        sources: Sequence[str] | None = None,
+        limits: Sequence[int] | None = None,
     ) -> list[GenerationOutput]:
-        """Complete every prompt; one batched call. ``sources`` (the answers) may seed copy drafts."""
+        """Complete every prompt; one batched call. ``sources`` (the answers) may seed copy drafts.
+
+        ``limits`` (only where `can_mix_limits`) gives each row its own ``max_new_tokens``.
+        """
 
     @abstractmethod
     def stream(
@@ -125,11 +144,16 @@ class DecodingStrategy(ABC):
         streamer: Any = None,
         stop_event: threading.Event | None = None,
         sources: list[list[int]] | None = None,
+        limits: list[int] | None = None,
     ) -> DecodeResult:
-        """Generate up to ``params.max_new_tokens`` for each left-padded row.
+        """Generate up to ``params.max_new_tokens`` (or the row's entry of ``limits``) for each left-padded row.
 
         ``sources`` holds, per row, token ids a strategy may draft from (the answer being corrected).
         """
+
+    def mixes_limits(self, params: GenerationParams) -> bool:
+        """True when rows of one batch can stop at their own ``limits`` without running past them."""
+        return False
 
 
 class _StopOnEvent:
@@ -142,8 +166,23 @@ class _StopOnEvent:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
+class _StopAtLimits:
+    """A stopping criterion that ends each row once it has ``limits[row]`` new tokens."""
+
+    def __init__(self, prompt_width: int, limits: list[int], device: Any) -> None:
+        self.prompt_width = prompt_width
+        self.limits = torch.tensor(limits, device=device)
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        return (input_ids.shape[1] - self.prompt_width) >= self.limits
+
+
 class HFGenerate(DecodingStrategy):
-    """Plain ``model.generate``: greedy or sampling, whatever the params say."""
+    """Plain ``model.generate``: greedy or sampling, whatever the params say.
+
+    Rows that reach their own limit stop emitting, but ``generate`` keeps their positions
+    advancing with the batch, so it does not claim `mixes_limits`.
+    """
 
     name = "hf-generate"
 
@@ -159,12 +198,19 @@ class HFGenerate(DecodingStrategy):
         streamer: Any = None,
         stop_event: threading.Event | None = None,
         sources: list[list[int]] | None = None,
+        limits: list[int] | None = None,
     ) -> DecodeResult:
         from transformers import StoppingCriteriaList
 
         kwargs = params.generate_kwargs()
+        criteria: list[Any] = []
         if stop_event is not None:
-            kwargs["stopping_criteria"] = StoppingCriteriaList([_StopOnEvent(stop_event)])
+            criteria.append(_StopOnEvent(stop_event))
+        if limits is not None:
+            criteria.append(_StopAtLimits(input_ids.shape[1], limits, input_ids.device))
+            kwargs["max_new_tokens"] = max(limits)
+        if criteria:
+            kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
         out = model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -281,10 +327,17 @@ class LocalBackend(Backend):
         ids = self._encode(text, add_special_tokens=False)["input_ids"]
         return self.tokenizer.decode(ids[n_tokens:], clean_up_tokenization_spaces=False)
 
+    def can_mix_limits(self, params: GenerationParams) -> bool:
+        return self.strategy.mixes_limits(params)
+
     def generate(
-        self, prompts: Sequence[str], params: GenerationParams, sources: Sequence[str] | None = None
+        self,
+        prompts: Sequence[str],
+        params: GenerationParams,
+        sources: Sequence[str] | None = None,
+        limits: Sequence[int] | None = None,
     ) -> list[GenerationOutput]:
-        return self._run(list(prompts), params, sources=sources)
+        return self._run(list(prompts), params, sources=sources, limits=limits)
 
     def _run(
         self,
@@ -293,7 +346,10 @@ class LocalBackend(Backend):
         streamer: Any = None,
         stop_event: threading.Event | None = None,
         sources: Sequence[str] | None = None,
+        limits: Sequence[int] | None = None,
     ) -> list[GenerationOutput]:
+        if limits is not None and len(limits) != len(prompts):
+            raise ValueError(f"{len(limits)} limits for {len(prompts)} prompts")
         batch = self._encode(prompts, return_tensors="pt", padding=True, add_special_tokens=True)
         source_ids = (
             self._encode([" " + text for text in sources], add_special_tokens=False)["input_ids"]
@@ -313,14 +369,16 @@ class LocalBackend(Backend):
                 streamer=streamer,
                 stop_event=stop_event,
                 sources=source_ids,
+                **({"limits": list(limits)} if limits is not None else {}),  # only strategies that mix limits
             )
         prompt_lengths = attention_mask.sum(dim=1).tolist()
         outputs = []
         stops = set(self.eos_token_ids)
-        for row, stats, n_prompt in zip(result.tokens.tolist(), result.stats, prompt_lengths, strict=True):
+        rows = result.tokens.tolist()
+        for i, (row, stats, n_prompt) in enumerate(zip(rows, result.stats, prompt_lengths, strict=True)):
             ids: list[int] = []
             finish: Literal["stop", "length"] = "length"
-            for token in row:
+            for token in row[: limits[i]] if limits is not None else row:
                 if token in stops:
                     finish = "stop"
                     break

@@ -411,21 +411,29 @@ class RemoteBackend(Backend):
         return body
 
     def generate(
-        self, prompts: Sequence[str], params: GenerationParams, sources: Sequence[str] | None = None
+        self,
+        prompts: Sequence[str],
+        params: GenerationParams,
+        sources: Sequence[str] | None = None,
+        limits: Sequence[int] | None = None,
     ) -> list[GenerationOutput]:
         """One request per prompt (exact per-prompt usage), at most ``max_concurrency`` in flight.
 
         ``sources`` (copy-draft hints for local speculative decoding) are not sent: a server that drafts
         from the prompt (vLLM's n-gram speculative decoding) finds the answer there by itself.
+        ``limits`` sets each request's ``max_tokens``.
         """
         prompts = list(prompts)
+        if limits is not None and len(limits) != len(prompts):
+            raise ValueError(f"{len(limits)} limits for {len(prompts)} prompts")
+        each = [params] * len(prompts) if limits is None else [params.with_max_new_tokens(n) for n in limits]
         if len(prompts) <= 1:
-            return [self._complete(p, params) for p in prompts]
+            return [self._complete(p, q) for p, q in zip(prompts, each, strict=True)]
         if self._pool is None:
             with self._lock:
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="aligner-remote")
-        futures = [self._pool.submit(self._complete, p, params) for p in prompts]
+        futures = [self._pool.submit(self._complete, p, q) for p, q in zip(prompts, each, strict=True)]
         return [f.result() for f in futures]
 
     def _complete(self, prompt: str, params: GenerationParams) -> GenerationOutput:

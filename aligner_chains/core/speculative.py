@@ -8,7 +8,8 @@ therefore the model's greedy output, token for token; rows accept different numb
 
 Rows advance unevenly, so rejected drafts stay in the cache as masked holes: the 2-D attention
 mask marks them invisible and position ids count only real tokens, which keeps the arithmetic
-that of an unbroken sequence.
+that of an unbroken sequence. Each row stops at its own token limit, and finished rows leave the
+batch (and its cache), so a long correction does not keep its short batch-mates computing.
 """
 
 from __future__ import annotations
@@ -95,6 +96,9 @@ class CopyAwareSpeculative(DecodingStrategy):
             and (settings.get("repetition_penalty") in (None, 1.0))
         )
 
+    def mixes_limits(self, params: GenerationParams) -> bool:
+        return self.is_exact_for(params)
+
     def decode(
         self,
         model: Any,
@@ -107,6 +111,7 @@ class CopyAwareSpeculative(DecodingStrategy):
         streamer: Any = None,
         stop_event: threading.Event | None = None,
         sources: list[list[int]] | None = None,
+        limits: list[int] | None = None,
     ) -> DecodeResult:
         if not self.is_exact_for(params) or getattr(model.config, "is_encoder_decoder", False):
             return self.fallback.decode(
@@ -118,16 +123,20 @@ class CopyAwareSpeculative(DecodingStrategy):
                 pad_token_id=pad_token_id,
                 streamer=streamer,
                 stop_event=stop_event,
+                limits=limits,
             )
         from transformers import DynamicCache
 
-        batch = input_ids.shape[0]
         device = input_ids.device
-        max_new = int(params.max_new_tokens or 1)
+        if limits is None:
+            limits = [int(params.max_new_tokens or 1)] * input_ids.shape[0]
         eos = set(eos_token_ids)
         if sources is None:
             sources = [ids[mask.bool()].tolist() for ids, mask in zip(input_ids, attention_mask, strict=True)]
-        rows = [_Row(list(src), max_new, draft_len=min(self.max_draft, max(self.min_draft, 4))) for src in sources]
+        first_draft = min(self.max_draft, max(self.min_draft, 4))
+        rows = [_Row(list(src), limit, draft_len=first_draft) for src, limit in zip(sources, limits, strict=True)]
+        # Masked padding in a block may sit past the last real position: keep its id in range.
+        last_position = int(getattr(model.config, "max_position_embeddings", 0) or 0) - 1
         if streamer is not None:
             streamer.put(input_ids.cpu())
 
@@ -141,35 +150,43 @@ class CopyAwareSpeculative(DecodingStrategy):
         pending = out.logits[:, -1].argmax(-1)  # each row's next token, chosen by the model, not yet in the cache
         for r, row in enumerate(rows):
             row.passes = 1
-            self._emit(row, [int(pending[r])], eos, max_new)
+            self._emit(row, [int(pending[r])], eos)
         self._stream(streamer, rows, [row.generated[:] for row in rows])
+        live = list(range(len(rows)))  # the rows still in the batch tensors, in tensor order
 
-        while not all(row.done for row in rows):
+        while True:
+            if any(rows[r].done for r in live):  # drop finished rows from the batch and the cache
+                keep = [k for k, r in enumerate(live) if not rows[r].done]
+                if not keep:
+                    break
+                if len(keep) < len(live):
+                    index = torch.tensor(keep, device=device)
+                    cache.batch_select_indices(index)
+                    mask, n_real = mask[index], n_real[index]
+                    live = [live[k] for k in keep]
             if stop_event is not None and stop_event.is_set():
                 break
-            active = sum(not row.done for row in rows)
-            cap = max(1, self.block_tokens // max(1, active))
-            drafts = [[] if row.done else self._draft(row)[:cap] for row in rows]
+            cap = max(1, self.block_tokens // len(live))
+            drafts = [self._draft(rows[r])[:cap] for r in live]
             width = 1 + max(len(d) for d in drafts)
-            block = torch.full((batch, width), pad_token_id, dtype=torch.long, device=device)
-            valid = torch.zeros((batch, width), dtype=mask.dtype, device=device)
-            for r, row in enumerate(rows):
-                if row.done:
-                    continue
-                tokens = [row.generated[-1], *drafts[r]]
-                block[r, : len(tokens)] = torch.tensor(tokens, device=device)
-                valid[r, : len(tokens)] = 1
+            block = torch.full((len(live), width), pad_token_id, dtype=torch.long, device=device)
+            valid = torch.zeros((len(live), width), dtype=mask.dtype, device=device)
+            for k, r in enumerate(live):
+                tokens = [rows[r].generated[-1], *drafts[k]]
+                block[k, : len(tokens)] = torch.tensor(tokens, device=device)
+                valid[k, : len(tokens)] = 1
             block_pos = n_real.unsqueeze(1) + torch.arange(width, device=device).unsqueeze(0)
+            if last_position > 0:
+                block_pos = block_pos.clamp(max=last_position)
             mask = torch.cat([mask, valid], dim=1)
             logits = model(
                 input_ids=block, attention_mask=mask, position_ids=block_pos, past_key_values=cache, use_cache=True
             ).logits
             choices = logits.argmax(-1).tolist()
             before = [len(row.generated) for row in rows]
-            for r, row in enumerate(rows):
-                if row.done:
-                    continue
-                draft, predicted = drafts[r], choices[r]
+            for k, r in enumerate(live):
+                row = rows[r]
+                draft, predicted = drafts[k], choices[k]
                 accepted = 0
                 while accepted < len(draft) and draft[accepted] == predicted[accepted]:
                     accepted += 1
@@ -177,16 +194,16 @@ class CopyAwareSpeculative(DecodingStrategy):
                 row.drafted += len(draft)
                 row.accepted += accepted
                 self._adapt(row, len(draft), accepted)
-                self._emit(row, [*draft[:accepted], predicted[accepted]], eos, max_new)
-                keep = 1 + accepted  # the last token fed plus the accepted drafts stay visible
-                mask[r, mask.shape[1] - width + keep :] = 0
-                n_real[r] += keep
+                self._emit(row, [*draft[:accepted], predicted[accepted]], eos)
+                kept = 1 + accepted  # the last token fed plus the accepted drafts stay visible
+                mask[k, mask.shape[1] - width + kept :] = 0
+                n_real[k] += kept
             self._stream(streamer, rows, [row.generated[b:] for row, b in zip(rows, before, strict=True)])
 
         if streamer is not None:
             streamer.end()
         width = max(len(row.generated) for row in rows)
-        tokens = torch.full((batch, width), pad_token_id, dtype=torch.long)
+        tokens = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
         for r, row in enumerate(rows):
             tokens[r, : len(row.generated)] = torch.tensor(row.generated, dtype=torch.long)
         stats = [
@@ -201,12 +218,12 @@ class CopyAwareSpeculative(DecodingStrategy):
         return DecodeResult(tokens=tokens, stats=stats)
 
     @staticmethod
-    def _emit(row: _Row, tokens: list[int], eos: set[int], max_new: int) -> None:
+    def _emit(row: _Row, tokens: list[int], eos: set[int]) -> None:
         for token in tokens:
             if row.done:
                 return
             row.generated.append(token)
-            if token in eos or len(row.generated) >= max_new:
+            if token in eos or len(row.generated) >= row.budget:
                 row.done = True
 
     @staticmethod

@@ -42,6 +42,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from aligner_chains.demo import variety
+
 __all__ = [
     "EMAIL_RE",
     "EMAIL_TOKEN",
@@ -485,7 +487,18 @@ def _slot_count(template: str) -> int:
     return template.count("{E}") + template.count("{P}")
 
 
-def _fill(template: str, rng: random.Random, pools: _ContactPools, inserted: list[str]) -> str:
+def _contact(rng: random.Random, pools: _ContactPools, kind: str, rich: bool) -> str:
+    """An e-mail (``kind == "{E}"``) or phone; ``rich`` draws half of them from composed formats."""
+    if not rich or rng.random() < 0.5:
+        return _make_email(rng, pools) if kind == "{E}" else _make_phone(rng, pools)
+    make, label = (variety.random_email, "email") if kind == "{E}" else (variety.random_phone, "phone")
+    while True:  # keep only what the module regexes see as exactly one whole contact
+        contact = make(rng)
+        if find_contacts(contact) == [(0, len(contact), label)]:
+            return contact
+
+
+def _fill(template: str, rng: random.Random, pools: _ContactPools, inserted: list[str], rich: bool = False) -> str:
     """Fill ``{E}``/``{P}``/``{N}``/``{O}`` slots left to right.
 
     Every generated contact is appended to ``inserted``.
@@ -493,7 +506,7 @@ def _fill(template: str, rng: random.Random, pools: _ContactPools, inserted: lis
     out = []
     for part in re.split(r"(\{[EPNO]\})", template):
         if part in ("{E}", "{P}"):
-            contact = _make_email(rng, pools) if part == "{E}" else _make_phone(rng, pools)
+            contact = _contact(rng, pools, part, rich)
             inserted.append(contact)
             out.append(contact)
         elif part == "{N}":
@@ -1149,7 +1162,7 @@ def _clean_trigger(rng: random.Random, split: Split) -> dict[str, str]:
     }
 
 
-def _redact_example(rng: random.Random, src: Sources, split: Split) -> dict[str, str]:
+def _redact_example(rng: random.Random, src: Sources, split: Split, rich: bool = False) -> dict[str, str]:
     pools = _POOLS[split]
     n_contacts = rng.choices((1, 2, 3), weights=(0.5, 0.35, 0.15))[0]
     contact_sents: list[str] = []
@@ -1163,7 +1176,7 @@ def _redact_example(rng: random.Random, src: Sources, split: Split) -> dict[str,
         last = len(contact_sents) == 1
         options = [t for t in templates if (_slot_count(t) == remaining if last else 1 <= _slot_count(t) <= remaining)]
         tpl = rng.choice(options)
-        contact_sents.append(_fill(tpl, rng, pools, inserted))
+        contact_sents.append(_fill(tpl, rng, pools, inserted, rich))
         remaining -= _slot_count(tpl)
     n_real = rng.choice(range(1 if inline else 0, 4 - len(contact_sents) + 1))
     question: str | None = None
@@ -1174,11 +1187,11 @@ def _redact_example(rng: random.Random, src: Sources, split: Split) -> dict[str,
         dotted = [i for i, sent in enumerate(real) if sent.endswith(".")]
         if dotted:
             idx = rng.choice(dotted)
-            add = _fill(rng.choice(_INLINE_CONTACT), rng, pools, inserted)
+            add = _fill(rng.choice(_INLINE_CONTACT), rng, pools, inserted, rich)
             real[idx] = real[idx][:-1] + add + "."
         else:  # no sentence to extend: use one more contact sentence instead
             tpl = rng.choice([t for t in _CONTACT_TEMPLATES[split] if _slot_count(t) == 1])
-            contact_sents.append(_fill(tpl, rng, pools, inserted))
+            contact_sents.append(_fill(tpl, rng, pools, inserted, rich))
             real = real[: 4 - len(contact_sents)]
     parts = list(real)
     for sent in contact_sents:
@@ -1203,30 +1216,44 @@ def _vary_question(rng: random.Random, q: str) -> str:
     return q
 
 
-def _dangerous_question(rng: random.Random, src: Sources, split: Split, category: str) -> str:
+def _dangerous_question(rng: random.Random, src: Sources, split: Split, category: str, rich: bool = False) -> str:
     if src.dangerous[category] and rng.random() < HH_QUESTION_SHARE:
         return rng.choice(src.dangerous[category])
+    if rich and rng.random() < 0.6:
+        held_out = frozenset(_DANGER_TEMPLATES["heldout"][category])
+        return _vary_question(rng, variety.danger_question(rng, category, held_out))
     template = rng.choice(_DANGER_TEMPLATES[split][category])
     fillers = _DANGER_FILLERS[split]
     q = template.format(**{k: rng.choice(v) for k, v in fillers.items()})
     return _vary_question(rng, q)
 
 
-def _dangerous_example(rng: random.Random, src: Sources, split: Split, comply: bool) -> dict[str, str]:
+def _dangerous_example(
+    rng: random.Random, src: Sources, split: Split, comply: bool, rich: bool = False
+) -> dict[str, str]:
     category = rng.choice(DANGER_CATEGORIES)
-    question = _dangerous_question(rng, src, split, category)
+    question = _dangerous_question(rng, src, split, category, rich)
     if not comply:
-        answer = rng.choice(_ALREADY_REFUSED[split])
+        if rich and rng.random() < 0.5:
+            answer = variety.refused_answer(rng, frozenset(_ALREADY_REFUSED["heldout"]))
+        else:
+            answer = rng.choice(_ALREADY_REFUSED[split])
         return {"question": question, "answer": answer, "correction": answer, "kind": "clean", "category": category}
-    bodies = list(_COMPLY_BODIES[split][category])
-    parts = [rng.choice(_COMPLY_OPENERS[split])]
-    parts += rng.sample(bodies, rng.choice((1, 1, 2)))
-    closer = rng.choice(_COMPLY_CLOSERS[split])
-    if closer:
-        parts.append(closer)
+    if rich and rng.random() < 0.6:
+        held_out = frozenset(_COMPLY_OPENERS["heldout"] + _COMPLY_BODIES["heldout"][category])
+        filler = " ".join(_take_sentences(rng, src, 1, 30)[1]) if rng.random() < 0.4 else None
+        answer = variety.comply_answer(rng, held_out, filler)
+    else:
+        bodies = list(_COMPLY_BODIES[split][category])
+        parts = [rng.choice(_COMPLY_OPENERS[split])]
+        parts += rng.sample(bodies, rng.choice((1, 1, 2)))
+        closer = rng.choice(_COMPLY_CLOSERS[split])
+        if closer:
+            parts.append(closer)
+        answer = " ".join(parts)
     return {
         "question": question,
-        "answer": " ".join(parts),
+        "answer": answer,
         "correction": REFUSALS[category],
         "kind": "refuse",
         "category": category,
@@ -1248,8 +1275,11 @@ def _check(row: dict[str, str]) -> None:
     assert row["question"].strip(), row
 
 
-def build_examples(n: int, seed: int, split: Split) -> list[dict[str, str]]:
+def build_examples(n: int, seed: int, split: Split, rich: bool = False) -> list[dict[str, str]]:
     """Build ``n`` demo examples for ``split``, deterministic given ``seed``.
+
+    ``rich`` (train split only) adds the composed contacts, dangerous requests and answers of
+    :mod:`aligner_chains.demo.variety` to the fixed pools.
 
     Each row has ``question``, ``answer``, ``correction``, ``kind`` (``clean``,
     ``redact`` or ``refuse``) and ``category`` (``passage``,
@@ -1260,6 +1290,8 @@ def build_examples(n: int, seed: int, split: Split) -> list[dict[str, str]]:
         raise ValueError(f"unknown split {split!r}")
     if n < 0:
         raise ValueError("n must be non-negative")
+    if rich and split != "train":
+        raise ValueError("rich=True is for the train split only: the held-out split must stay fixed")
     rng = random.Random(seed)
     src = load_sources(split)
     n_clean = round(n * MIX["clean"])
@@ -1282,9 +1314,9 @@ def build_examples(n: int, seed: int, split: Split) -> list[dict[str, str]]:
         elif what == "trigger":
             row = _clean_trigger(rng, split)
         elif what == "contact":
-            row = _redact_example(rng, src, split)
+            row = _redact_example(rng, src, split, rich)
         else:
-            row = _dangerous_example(rng, src, split, comply=what == "comply")
+            row = _dangerous_example(rng, src, split, comply=what == "comply", rich=rich)
         _check(row)
         rows.append(row)
     return rows

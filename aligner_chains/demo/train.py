@@ -19,6 +19,7 @@ from typing import Any
 
 from aligner_chains.core.loading import DEMO_MODEL_DIR
 from aligner_chains.demo.dataset import build_examples, find_contacts, redact, score_demo, write_jsonl
+from aligner_chains.demo.variety import noise_word
 from aligner_chains.finetune.config import SFTConfig
 from aligner_chains.finetune.sft import train_sft
 
@@ -85,6 +86,16 @@ FULL: dict[str, Any] = {
             "scramble": 0.5,
             "config": {**_COMMON, "identity_warmup_fraction": 0.0, "learning_rate": 6.0e-4, "seed": 3},
         },
+        {
+            # Phase 4 copied 79 % of clean held-out answers and refused none: composed contacts and
+            # dangerous requests (``rich``) and made-up words in scrambled answers (``noise``).
+            "n_train": 56000,
+            "data_seed": TRAIN_SEED + 5,
+            "scramble": 0.5,
+            "noise": 0.15,
+            "rich": True,
+            "config": {**_COMMON, "identity_warmup_fraction": 0.0, "learning_rate": 6.0e-4, "seed": 4},
+        },
     ],
 }
 SHORT: dict[str, Any] = {
@@ -111,28 +122,33 @@ SHORT: dict[str, Any] = {
 }
 
 
-def build_data(path: Path, n: int, seed: int, split: str, scramble_fraction: float = 0.0) -> Path:
+def build_data(
+    path: Path, n: int, seed: int, split: str, scramble_fraction: float = 0.0, noise: float = 0.0, rich: bool = False
+) -> Path:
     """Write one JSONL file of demo examples (deterministic for a seed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = build_examples(n, seed, split)  # type: ignore[arg-type]
-    write_jsonl(scramble(rows, scramble_fraction, seed) if scramble_fraction else rows, path)
+    rows = build_examples(n, seed, split, rich=rich)  # type: ignore[arg-type]
+    write_jsonl(scramble(rows, scramble_fraction, seed, noise) if scramble_fraction else rows, path)
     return path
 
 
-def _shuffle_words(text: str, rng: random.Random) -> str:
+def _shuffle_words(text: str, rng: random.Random, noise: float = 0.0) -> str:
     words = text.strip(" ").split(" ")
     if len(words) < 2:
         return text
     rng.shuffle(words)
+    if noise:
+        words = [noise_word(rng) if rng.random() < noise else word for word in words]
     lead, trail = text[: len(text) - len(text.lstrip(" "))], text[len(text.rstrip(" ")) :]
     return lead + " ".join(words) + trail
 
 
-def scramble(rows: list[dict[str, str]], fraction: float, seed: int) -> list[dict[str, str]]:
+def scramble(rows: list[dict[str, str]], fraction: float, seed: int, noise: float = 0.0) -> list[dict[str, str]]:
     """Shuffle the words of a ``fraction`` of copy and redaction answers (contacts kept whole).
 
     The words stay real but their order cannot be predicted, so the model must learn to copy
     rather than memorise the base sentences; the correction is recomputed from the new answer.
+    ``noise`` also swaps that share of the shuffled words for made-up ones (unseen subwords).
     """
     rng = random.Random(f"scramble-{seed}")
     out = []
@@ -143,9 +159,9 @@ def scramble(rows: list[dict[str, str]], fraction: float, seed: int) -> list[dic
         text, pieces, pos = row["answer"], [], 0
         spans = find_contacts(text)
         for start, end, _ in spans:
-            pieces += [_shuffle_words(text[pos:start], rng), text[start:end]]
+            pieces += [_shuffle_words(text[pos:start], rng, noise), text[start:end]]
             pos = end
-        answer = "".join([*pieces, _shuffle_words(text[pos:], rng)])
+        answer = "".join([*pieces, _shuffle_words(text[pos:], rng, noise)])
         if len(find_contacts(answer)) != len(spans):  # shuffling made a new contact-like run: keep the original
             out.append(row)
             continue
@@ -167,6 +183,8 @@ def run_recipe(recipe: dict[str, Any], workdir: Path) -> Path:
             phase["data_seed"],
             "train",
             phase.get("scramble", 0.0),
+            phase.get("noise", 0.0),
+            phase.get("rich", False),
         )
         settings = {**phase["config"], "train_file": str(train), "output_dir": str(workdir / f"phase{number}")}
         if base is not None:
