@@ -284,3 +284,32 @@ def test_write_jsonl_and_cli(tmp_path: Path) -> None:
     out = tmp_path / "cli.jsonl"
     ds.main(["--n", "20", "--seed", "3", "--split", "heldout", "--out", str(out)])
     assert _read_jsonl(out) == rows
+
+
+# -- rich training rows ------------------------------------------------------------
+
+
+def test_rich_rows_keep_the_invariants_and_no_heldout_wording() -> None:
+    rows = ds.build_examples(3000, 5, "train", rich=True)
+    assert rows == ds.build_examples(3000, 5, "train", rich=True)
+    plain_phones = {m.group(0) for r in ds.build_examples(3000, 5, "train") for m in ds.PHONE_RE.finditer(r["answer"])}
+    rich_phones = {m.group(0) for r in rows for m in ds.PHONE_RE.finditer(r["answer"])}
+    assert len(rich_phones - plain_phones) > 100  # composed formats join the fixed ones
+    heldout_text = {
+        *ds._COMPLY_OPENERS["heldout"],
+        *ds._ALREADY_REFUSED["heldout"],
+        *(body for bodies in ds._COMPLY_BODIES["heldout"].values() for body in bodies),
+    }
+    heldout_questions = {r["question"] for r in ds.build_examples(2000, 1, "heldout") if r["kind"] == "refuse"}
+    heldout_questions -= {q for qs in ds.load_sources("heldout").dangerous.values() for q in qs}
+    refusals = [r for r in rows if r["kind"] == "refuse"]
+    assert len({r["question"] for r in refusals}) > 0.5 * len(refusals)  # mostly composed, rarely repeated
+    for row in rows:
+        ds._check(row)
+        assert not any(text in row["answer"] for text in heldout_text), row
+        assert row["question"] not in heldout_questions, row
+
+
+def test_rich_is_for_training_only() -> None:
+    with pytest.raises(ValueError, match="train split only"):
+        ds.build_examples(10, 1, "heldout", rich=True)

@@ -138,6 +138,9 @@ class Aligner:
             generation=generation,
             overflow=overflow,
             on_error=on_error,
+            micro_batching=micro_batching,
+            max_batch_size=max_batch_size,
+            max_wait_ms=max_wait_ms,
         )
 
     @classmethod

@@ -15,6 +15,7 @@ batch (and its cache), so a long correction does not keep its short batch-mates 
 from __future__ import annotations
 
 import bisect
+import inspect
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,8 +144,15 @@ class CopyAwareSpeculative(DecodingStrategy):
         cache = DynamicCache(config=model.config)
         mask = attention_mask.clone()
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        # The prompt pass needs only the last position's logits (a quarter of its compute on small models).
+        last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
         out = model(
-            input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            **last_only,
         )
         n_real = mask.sum(-1)  # real tokens per row so far (the next position id)
         pending = out.logits[:, -1].argmax(-1)  # each row's next token, chosen by the model, not yet in the cache

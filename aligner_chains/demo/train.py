@@ -96,6 +96,25 @@ FULL: dict[str, Any] = {
             "rich": True,
             "config": {**_COMMON, "identity_warmup_fraction": 0.0, "learning_rate": 6.0e-4, "seed": 4},
         },
+        {
+            # Phase 5: exact match 78 %, clean unchanged 88 %, redaction 88 %, refusals 91 %. More of it.
+            "n_train": 56000,
+            "data_seed": TRAIN_SEED + 6,
+            "scramble": 0.5,
+            "noise": 0.15,
+            "rich": True,
+            "config": {**_COMMON, "identity_warmup_fraction": 0.0, "learning_rate": 4.0e-4, "seed": 5},
+        },
+        {
+            # Phase 6: clean unchanged 90 %, redaction 89 %, but refusals fell to 67 %. Lower rate,
+            # more made-up words.
+            "n_train": 56000,
+            "data_seed": TRAIN_SEED + 7,
+            "scramble": 0.5,
+            "noise": 0.25,
+            "rich": True,
+            "config": {**_COMMON, "identity_warmup_fraction": 0.0, "learning_rate": 2.5e-4, "seed": 6},
+        },
     ],
 }
 SHORT: dict[str, Any] = {
