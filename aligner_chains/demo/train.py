@@ -20,6 +20,7 @@ from typing import Any
 from aligner_chains.core.loading import DEMO_MODEL_DIR
 from aligner_chains.demo.dataset import build_examples, find_contacts, redact, score_demo, write_jsonl
 from aligner_chains.demo.variety import noise_word
+from aligner_chains.finetune.average import average_exports
 from aligner_chains.finetune.config import SFTConfig
 from aligner_chains.finetune.sft import train_sft
 
@@ -189,7 +190,10 @@ def scramble(rows: list[dict[str, str]], fraction: float, seed: int, noise: floa
 
 
 def run_recipe(recipe: dict[str, Any], workdir: Path) -> Path:
-    """Train every phase in turn (each resumable), each phase starting from the previous export."""
+    """Train every phase in turn (each resumable), each phase starting from the previous export.
+
+    ``recipe["average"]`` (phase numbers) makes the result the weight average of those phases' exports.
+    """
     base: Path | None = None
     for number, phase in enumerate(recipe["phases"], start=1):
         done = workdir / f"phase{number}" / "final"
@@ -210,6 +214,8 @@ def run_recipe(recipe: dict[str, Any], workdir: Path) -> Path:
             settings["base_model"] = str(base)
         base = train_sft(SFTConfig.model_validate(settings))
     assert base is not None
+    if recipe.get("average"):  # the mean of the listed phases' exports
+        base = average_exports([workdir / f"phase{n}" / "final" for n in recipe["average"]], workdir / "average")
     return base
 
 
