@@ -1,6 +1,6 @@
 """Reproduce the shipped demo Aligner: build its data, train it with `train_sft`, score it, install it.
 
-    python -m aligner_chains.demo.train --workdir runs/demo --install  # full recipe (2 CPU cores: ~1.5 h)
+    python -m aligner_chains.demo.train --workdir runs/demo --install  # full recipe (2 CPU cores: ~2.5 h)
     python -m aligner_chains.demo.train --workdir runs/demo --short    # a seconds-long smoke version
     python -m aligner_chains.demo.train --evaluate aligner_chains/demo/model
 
@@ -106,17 +106,11 @@ FULL: dict[str, Any] = {
             "rich": True,
             "config": {**_COMMON, "identity_warmup_fraction": 0.0, "learning_rate": 4.0e-4, "seed": 5},
         },
-        {
-            # Phase 6: clean unchanged 90 %, redaction 89 %, but refusals fell to 67 %. Lower rate,
-            # more made-up words.
-            "n_train": 56000,
-            "data_seed": TRAIN_SEED + 7,
-            "scramble": 0.5,
-            "noise": 0.25,
-            "rich": True,
-            "config": {**_COMMON, "identity_warmup_fraction": 0.0, "learning_rate": 2.5e-4, "seed": 6},
-        },
     ],
+    # Phase 6 alone: clean unchanged 90 %, redaction 89 %, but refusals fell to 67 %. The mean of
+    # phases 5 and 6 keeps the best of both (held-out exact match 78.7 %). A seventh phase (lr 2.5e-4,
+    # noise 0.25) and the mean of 5-7 were worse (76.9 % and 78.2 %).
+    "average": [5, 6],
 }
 SHORT: dict[str, Any] = {
     "n_heldout": 40,
@@ -139,6 +133,7 @@ SHORT: dict[str, Any] = {
             "config": {**FULL["phases"][2]["config"], "per_device_batch_size": 16, "save_steps": 10},
         },
     ],
+    "average": [1, 2],
 }
 
 
