@@ -137,7 +137,7 @@ def hf_generate(aligner: Aligner, pairs: list[tuple[str, str]], batch_size: int,
         for start in range(0, len(pairs), batch_size):
             prompts = [aligner.template.render(q, a) for q, a in pairs[start : start + batch_size]]
             ids = tokenizer(prompts, return_tensors="pt", padding=True)
-            rooms = [512 - int(n) for n in ids["attention_mask"].sum(-1)]
+            rooms = [aligner.backend.max_context - int(n) for n in ids["attention_mask"].sum(-1)]
             new = loaded.model.generate(
                 **ids, do_sample=False, max_new_tokens=max(rooms), pad_token_id=tokenizer.pad_token_id, **extra
             )[:, ids["input_ids"].shape[1] :].tolist()

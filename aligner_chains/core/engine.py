@@ -75,8 +75,6 @@ class Backend(ABC):
 
     name: str = ""
     max_context: int | None = None
-    #: True when each prompt is a request of its own (a server).
-    independent_requests: bool = False
 
     @abstractmethod
     def count_tokens(self, text: str) -> int:
@@ -96,7 +94,7 @@ class Backend(ABC):
         Otherwise a batch shares one limit, and rows that would overrun the context with it must
         be generated apart.
         """
-        return self.independent_requests
+        return False
 
     @abstractmethod
     def generate(
@@ -116,6 +114,12 @@ class Backend(ABC):
         self, prompt: str, params: GenerationParams, source: str | None = None
     ) -> Iterator[str | GenerationOutput]:
         """Yield text pieces as they are generated, then the final `GenerationOutput`."""
+
+
+def check_limits(limits: Sequence[int] | None, n_prompts: int) -> None:
+    """Raise when per-row ``limits`` are given but do not match the prompts one to one."""
+    if limits is not None and len(limits) != n_prompts:
+        raise ValueError(f"{len(limits)} limits for {n_prompts} prompts")
 
 
 @dataclass
@@ -348,8 +352,7 @@ class LocalBackend(Backend):
         sources: Sequence[str] | None = None,
         limits: Sequence[int] | None = None,
     ) -> list[GenerationOutput]:
-        if limits is not None and len(limits) != len(prompts):
-            raise ValueError(f"{len(limits)} limits for {len(prompts)} prompts")
+        check_limits(limits, len(prompts))
         batch = self._encode(prompts, return_tensors="pt", padding=True, add_special_tokens=True)
         source_ids = (
             self._encode([" " + text for text in sources], add_special_tokens=False)["input_ids"]

@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from aligner_chains.core.engine import Backend, GenerationOutput, GenerationParams, decode_text
+from aligner_chains.core.engine import Backend, GenerationOutput, GenerationParams, check_limits, decode_text
 from aligner_chains.core.errors import AlignerError, ConfigError, InputTooLongError, MissingDependencyError
 from aligner_chains.core.templates import Template, get_template, template_for_model
 
@@ -115,8 +115,6 @@ class RemoteBackend(Backend):
         http_client: an ``httpx.Client`` to use (e.g. Starlette's ``TestClient`` for an in-process
             app); it is not closed by `close`.
     """
-
-    independent_requests = True
 
     def __init__(
         self,
@@ -410,6 +408,9 @@ class RemoteBackend(Backend):
             body["stream_options"] = {"include_usage": True}
         return body
 
+    def can_mix_limits(self, params: GenerationParams) -> bool:
+        return True  # each prompt is a request of its own, with its own max_tokens
+
     def generate(
         self,
         prompts: Sequence[str],
@@ -424,8 +425,7 @@ class RemoteBackend(Backend):
         ``limits`` sets each request's ``max_tokens``.
         """
         prompts = list(prompts)
-        if limits is not None and len(limits) != len(prompts):
-            raise ValueError(f"{len(limits)} limits for {len(prompts)} prompts")
+        check_limits(limits, len(prompts))
         each = [params] * len(prompts) if limits is None else [params.with_max_new_tokens(n) for n in limits]
         if len(prompts) <= 1:
             return [self._complete(p, q) for p, q in zip(prompts, each, strict=True)]

@@ -163,15 +163,14 @@ class CopyAwareSpeculative(DecodingStrategy):
         live = list(range(len(rows)))  # the rows still in the batch tensors, in tensor order
 
         while True:
-            if any(rows[r].done for r in live):  # drop finished rows from the batch and the cache
-                keep = [k for k, r in enumerate(live) if not rows[r].done]
-                if not keep:
-                    break
-                if len(keep) < len(live):
-                    index = torch.tensor(keep, device=device)
-                    cache.batch_select_indices(index)
-                    mask, n_real = mask[index], n_real[index]
-                    live = [live[k] for k in keep]
+            keep = [k for k, r in enumerate(live) if not rows[r].done]
+            if not keep:
+                break
+            if len(keep) < len(live):  # drop finished rows from the batch and the cache
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                mask, n_real = mask[index], n_real[index]
+                live = [live[k] for k in keep]
             if stop_event is not None and stop_event.is_set():
                 break
             cap = max(1, self.block_tokens // len(live))

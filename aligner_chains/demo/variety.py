@@ -49,7 +49,9 @@ def random_email(rng: random.Random) -> str:
     )
     if rng.random() < 0.15:
         user = user.capitalize()
-    domain = ".".join([_name(rng)] * 1 + ([_name(rng)] if rng.random() < 0.15 else []))
+    domain = _name(rng)
+    if rng.random() < 0.15:
+        domain = f"{domain}.{_name(rng)}"
     if rng.random() < 0.2:
         domain = f"{domain}-{_name(rng)}"
     return f"{user}@{domain}.{rng.choice(_TLDS)}"
