@@ -4,11 +4,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import DynamicCache
 
 from aligner_chains import Aligner, GenerationParams
 from aligner_chains.core.engine import HFGenerate
 from aligner_chains.core.loading import DEMO_MODEL_DIR, load_model
-from aligner_chains.core.speculative import CopyAwareSpeculative, _Row
+from aligner_chains.core.speculative import CopyAwareSpeculative, _joinable, _Row, length_groups
 
 PAIRS = [
     ("What is it?", "The quick brown fox jumps over the lazy dog."),
@@ -232,3 +233,35 @@ def test_plain_generate_honours_row_limits(tiny_model_dir: Path) -> None:
     assert not HFGenerate().mixes_limits(GenerationParams())
     assert CopyAwareSpeculative().mixes_limits(GenerationParams())
     assert not CopyAwareSpeculative().mixes_limits(GenerationParams(do_sample=True))
+
+
+def test_length_groups_trade_padding_for_passes() -> None:
+    lengths = [200, 10, 12, 190, 11]
+    assert length_groups(lengths, pass_cost=48) == [[0, 3], [2, 4, 1]]
+    assert length_groups(lengths, pass_cost=10**6) == [[0, 3, 2, 4, 1]]
+    assert length_groups(lengths, pass_cost=0) == [[0], [3], [2], [4], [1]]
+    assert sorted(i for g in length_groups([7] * 9, 0) for i in g) == list(range(9))
+
+
+@pytest.mark.parametrize("pass_cost", [0, 10**6])
+def test_grouped_prompt_pass_is_exact(tiny_model_dir: Path, pass_cost: int) -> None:
+    """Prompts run in one padded pass or one pass per length (caches joined): the same greedy tokens."""
+    loaded = load_model(str(tiny_model_dir))
+    prompts = ["a", "The quick brown fox jumps over the lazy dog again and again, " * 3, "short one", "hi there"]
+    batch, expected = greedy_ids(loaded, prompts, 20)
+    assert len(length_groups(batch["attention_mask"].sum(-1).tolist(), pass_cost)) == (4 if pass_cost == 0 else 1)
+    assert _joinable(DynamicCache(config=loaded.model.config))  # so the four caches really are joined
+    with torch.inference_mode():
+        result = CopyAwareSpeculative(max_draft=8, pass_cost_tokens=pass_cost).decode(
+            loaded.model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            GenerationParams(max_new_tokens=20),
+            eos_token_ids=[loaded.tokenizer.eos_token_id],
+            pad_token_id=loaded.tokenizer.pad_token_id,
+            sources=[ids[:12] for ids in expected],
+        )
+    eos = loaded.tokenizer.eos_token_id
+    for row, want in zip(result.tokens.tolist(), expected, strict=True):
+        want = want[: want.index(eos) + 1] if eos in want else want
+        assert row[: len(want)] == want

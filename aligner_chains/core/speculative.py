@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers import DynamicCache
 
 from aligner_chains.core.engine import DecodeResult, DecodingStrategy, GenerationParams, HFGenerate
 
@@ -69,7 +70,9 @@ class CopyAwareSpeculative(DecodingStrategy):
     ``max_draft`` bounds the block; the draft length of a row grows while its drafts are accepted
     and shrinks when they are not. ``block_tokens`` caps the drafts of one forward pass over the
     whole batch, so large batches verify short drafts (their compute is already well used).
-    Sampling and non-greedy settings fall back to ``fallback``.
+    ``pass_cost_tokens`` is what one forward pass costs beyond its tokens, in token positions
+    (None: 48 on CPU, 2048 on accelerators); it decides how the prompt pass groups prompts of
+    different lengths. Sampling and non-greedy settings fall back to ``fallback``.
     """
 
     name = "copy-aware"
@@ -81,8 +84,10 @@ class CopyAwareSpeculative(DecodingStrategy):
         max_ngram: int = 3,
         block_tokens: int = 192,
         fallback: DecodingStrategy | None = None,
+        pass_cost_tokens: int | None = None,
     ):
         self.block_tokens = block_tokens
+        self.pass_cost_tokens = pass_cost_tokens
         self.max_draft = max_draft
         self.min_draft = min(min_draft, max_draft)
         self.max_ngram = max_ngram
@@ -126,8 +131,6 @@ class CopyAwareSpeculative(DecodingStrategy):
                 stop_event=stop_event,
                 limits=limits,
             )
-        from transformers import DynamicCache
-
         device = input_ids.device
         if limits is None:
             limits = [int(params.max_new_tokens or 1)] * input_ids.shape[0]
@@ -141,21 +144,11 @@ class CopyAwareSpeculative(DecodingStrategy):
         if streamer is not None:
             streamer.put(input_ids.cpu())
 
-        cache = DynamicCache(config=model.config)
+        forward_args = inspect.signature(model.forward).parameters
+        cache_arg = "cache" if "cache" in forward_args else "past_key_values"  # renamed in transformers 5.x
         mask = attention_mask.clone()
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        # The prompt pass needs only the last position's logits (a quarter of its compute on small models).
-        last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-        out = model(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-            **last_only,
-        )
+        cache, pending = self._prefill(model, input_ids, mask, cache_arg, "logits_to_keep" in forward_args)
         n_real = mask.sum(-1)  # real tokens per row so far (the next position id)
-        pending = out.logits[:, -1].argmax(-1)  # each row's next token, chosen by the model, not yet in the cache
         for r, row in enumerate(rows):
             row.passes = 1
             self._emit(row, [int(pending[r])], eos)
@@ -187,7 +180,7 @@ class CopyAwareSpeculative(DecodingStrategy):
                 block_pos = block_pos.clamp(max=last_position)
             mask = torch.cat([mask, valid], dim=1)
             logits = model(
-                input_ids=block, attention_mask=mask, position_ids=block_pos, past_key_values=cache, use_cache=True
+                input_ids=block, attention_mask=mask, position_ids=block_pos, use_cache=True, **{cache_arg: cache}
             ).logits
             choices = logits.argmax(-1).tolist()
             before = [len(row.generated) for row in rows]
@@ -223,6 +216,52 @@ class CopyAwareSpeculative(DecodingStrategy):
             for row in rows
         ]
         return DecodeResult(tokens=tokens, stats=stats)
+
+    def _prefill(
+        self, model: Any, input_ids: torch.Tensor, mask: torch.Tensor, cache_arg: str, last_only: bool
+    ) -> tuple[Any, torch.Tensor]:
+        """The prompt pass: a KV cache over the (left-padded) prompts and each row's first token.
+
+        Prompts of very different lengths run in separate passes, each trimmed to its own longest
+        prompt, and their caches are joined, padded on the left with masked zeros; so short prompts
+        do not pay for the padding of long ones when that costs more than the extra passes.
+        """
+        # Only the last position's logits are needed (a quarter of the compute on small models).
+        extra = {"logits_to_keep": 1} if last_only else {}
+
+        def run(ids: torch.Tensor, row_mask: torch.Tensor) -> tuple[Any, torch.Tensor]:
+            cache = DynamicCache(config=model.config)
+            positions = (row_mask.cumsum(-1) - 1).clamp(min=0)
+            out = model(
+                input_ids=ids,
+                attention_mask=row_mask,
+                position_ids=positions,
+                use_cache=True,
+                **extra,
+                **{cache_arg: cache},
+            )
+            return cache, out.logits[:, -1].argmax(-1)
+
+        lengths = mask.sum(-1).tolist()
+        groups = length_groups(lengths, self._pass_cost(input_ids.device))
+        if len(groups) == 1 or not _joinable(DynamicCache(config=model.config)):
+            return run(input_ids, mask)
+        caches, firsts = [], []
+        for group in groups:
+            index = torch.tensor(group, device=input_ids.device)
+            width = max(lengths[i] for i in group)
+            cache, first = run(input_ids[index, -width:], mask[index, -width:])
+            caches.append(cache)
+            firsts.append(first)
+        order = torch.tensor([i for group in groups for i in group], device=input_ids.device).argsort()
+        cache = _join_left_padded(caches, input_ids.shape[1])
+        cache.batch_select_indices(order)
+        return cache, torch.cat(firsts)[order]
+
+    def _pass_cost(self, device: torch.device) -> int:
+        if self.pass_cost_tokens is not None:
+            return self.pass_cost_tokens
+        return 48 if device.type == "cpu" else 2048
 
     @staticmethod
     def _emit(row: _Row, tokens: list[int], eos: set[int]) -> None:
@@ -278,3 +317,40 @@ class CopyAwareSpeculative(DecodingStrategy):
             guess = row.pointer + 1 + len(history) - row.aligned_at
             return row.source[guess : guess + room]
         return []
+
+
+def _joinable(cache: Any) -> bool:
+    """Plain growing per-layer caches (keys and values of shape batch x heads x length x dim) can be joined."""
+    layers = getattr(cache, "layers", None)  # transformers >= 4.54
+    return bool(layers) and all(type(layer).__name__ == "DynamicLayer" for layer in layers)
+
+
+def _join_left_padded(caches: list[Any], length: int) -> Any:
+    """Stack caches of row groups into one (in group order), left-padding each to ``length`` positions."""
+    joined = caches[0]
+    for number, layer in enumerate(joined.layers):
+        for name in ("keys", "values"):
+            parts = [getattr(cache.layers[number], name) for cache in caches]
+            padded = [torch.nn.functional.pad(t, (0, 0, length - t.shape[-2], 0)) for t in parts]
+            setattr(layer, name, torch.cat(padded, dim=0))
+    return joined
+
+
+def length_groups(lengths: list[int], pass_cost: int) -> list[list[int]]:
+    """Split rows into passes by length so that total cost, ``pass_cost`` per pass plus rows x
+    longest length per pass, is least (exact: dynamic programming over rows sorted by length)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[j]: least cost of the first j sorted rows
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):  # rows i..j-1 in one pass, padded to the longest, lengths[order[i]]
+            cost = best[i] + pass_cost + (j - i) * lengths[order[i]]
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups: list[list[int]] = []
+    j = n
+    while j > 0:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    return groups[::-1]
