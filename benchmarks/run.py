@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import serving_load, speed
+import torch
+
+from benchmarks import gpu, serving_load, speed
 
 
 def main() -> int:
-    return speed.main([]) or serving_load.main([])
+    """CPU benchmarks always; the GPU decoding benchmark where CUDA is present."""
+    return speed.main([]) or serving_load.main([]) or (gpu.main([]) if torch.cuda.is_available() else 0)
 
 
 if __name__ == "__main__":

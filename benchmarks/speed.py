@@ -298,7 +298,7 @@ def report(
         "",
         "### 5. GPU",
         "",
-        "Not measured: this session was not lent a GPU. Run `python -m benchmarks.speed` on one to add figures.",
+        "Measured by `python -m benchmarks.gpu` (section GPU decoding) on a machine with CUDA.",
     ]
     return lines
 

@@ -1,0 +1,38 @@
+"""Seconds-long smoke runs of the benchmarks: the code that produces RESULTS.md runs and measures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks import gpu, speed
+from benchmarks.results import RESULTS
+
+
+def test_gpu_benchmark_code_path_on_a_tiny_cpu_model(capsys: pytest.CaptureFixture[str]) -> None:
+    before = RESULTS.read_text(encoding="utf-8")
+    model = gpu.build_model(gpu.TINY, torch.device("cpu"), torch.float32)
+    row = gpu.bench_batch(model, batch=3, prompt_len=12, n=30, repeats=1)
+    assert row["identical rows"] == 3  # copy-aware output is plain greedy output, token for token
+    assert row["passes (copy task, mean per row)"] < 10  # the copy task accepts long drafts
+    assert min(row["plain"], row["copy-aware, copy task"]) > 0
+    assert gpu.main(["--tiny"]) == 0
+    assert "| 4 |" in capsys.readouterr().out
+    assert RESULTS.read_text(encoding="utf-8") == before  # smoke runs leave the figures alone
+
+
+@pytest.mark.gpu
+def test_gpu_benchmark_bf16_on_cuda() -> None:
+    model = gpu.build_model(gpu.TINY, torch.device("cuda"), torch.bfloat16)
+    row = gpu.bench_batch(model, batch=8, prompt_len=32, n=64, repeats=1)
+    assert row["peak GiB"] > 0 and row["copy-aware, copy task"] > 0
+    assert gpu.memory_bandwidth(torch.device("cuda"), 1 << 26) > 1e10
+
+
+def test_speed_benchmark_quick_run(capsys: pytest.CaptureFixture[str]) -> None:
+    before = RESULTS.read_text(encoding="utf-8")
+    assert speed.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "| 1 | copy-aware |" in out and "micro-batched, max_batch_size=32" in out
+    assert "False" not in out  # every decoding row reproduced plain greedy output
+    assert RESULTS.read_text(encoding="utf-8") == before
