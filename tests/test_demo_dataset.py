@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import re
 from pathlib import Path
 
 import pytest
 
 from aligner_chains.demo import dataset as ds
+from aligner_chains.demo import variety
 
 N = 2000
 
@@ -313,3 +315,42 @@ def test_rich_rows_keep_the_invariants_and_no_heldout_wording() -> None:
 def test_rich_is_for_training_only() -> None:
     with pytest.raises(ValueError, match="train split only"):
         ds.build_examples(10, 1, "heldout", rich=True)
+    with pytest.raises(ValueError, match="train split only"):
+        ds.build_examples(10, 1, "heldout", composed_contacts=0.5)
+
+
+def test_composed_contact_sentences() -> None:
+    """Half the contact sentences are made of real words; every contact is still found and redacted."""
+    rows = ds.build_examples(2000, 9, "train", rich=True, composed_contacts=0.5)
+    assert rows == ds.build_examples(2000, 9, "train", rich=True, composed_contacts=0.5)
+    assert ds.build_examples(300, 9, "train", rich=True, composed_contacts=0.0) == ds.build_examples(
+        300, 9, "train", rich=True
+    )  # the option off leaves earlier phases' data as it was
+    contacts = [r for r in rows if r["category"] == "contact"]
+    templated = {t.split("{")[0] for t in ds._CONTACT_TEMPLATES["train"] if not t.startswith("{")}
+    composed = [r for r in contacts if not any(r["answer"].count(head) for head in templated if head)]
+    assert len(composed) > 0.2 * len(contacts)
+    locals_ = [m.group(0).split("@")[0].lower() for r in contacts for m in ds.EMAIL_RE.finditer(r["answer"])]
+    sentences = [sent for _, sents in ds.load_sources("train").passages for sent in sents]
+    passage_words = {w.lower().strip(".,;:!?") for sent in sentences for w in sent.split()}
+    assert sum(local in passage_words for local in locals_) > 0.1 * len(locals_)  # word-like local parts
+    heldout_only = set(ds._CONTACT_TEMPLATES["heldout"]) - set(ds._CONTACT_TEMPLATES["train"])
+    heldout_wording = {max(re.split(r"\{[EPNO]\}", t), key=len) for t in heldout_only}
+    assert all(len(piece) >= 12 for piece in heldout_wording)
+    for row in rows:
+        ds._check(row)
+        assert row["correction"] == ds.redact(row["answer"]) or row["kind"] != "redact"
+        assert not any(piece in row["answer"] for piece in heldout_wording), row
+
+
+def test_contact_sentence_parts() -> None:
+    rng = random.Random(0)
+    words = "Gather the pieces and keep the notes, then write it all down.".split()
+    for slots in (1, 2, 3):
+        for _ in range(50):
+            text = variety.contact_sentence(rng, words, slots)
+            assert text.count("{E}") + text.count("{P}") == slots
+            assert text[0].isupper() and text[-1] in ".!?"
+    assert variety.word_local_part(rng, ["!", "a", "--"]) is None
+    for _ in range(50):
+        assert re.fullmatch(r"[a-z0-9]+([._-]?[a-z0-9]+)?", variety.word_local_part(rng, words) or "")

@@ -38,7 +38,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Literal
 
@@ -487,18 +487,32 @@ def _slot_count(template: str) -> int:
     return template.count("{E}") + template.count("{P}")
 
 
-def _contact(rng: random.Random, pools: _ContactPools, kind: str, rich: bool) -> str:
-    """An e-mail (``kind == "{E}"``) or phone; ``rich`` draws half of them from composed formats."""
-    if not rich or rng.random() < 0.5:
+def _contact(rng: random.Random, pools: _ContactPools, kind: str, rich: bool, words: list[str] | None = None) -> str:
+    """An e-mail (``kind == "{E}"``) or phone; ``rich`` draws half of them from composed formats.
+
+    With ``words``, half the e-mails take their local part from those ordinary words.
+    """
+    if kind == "{E}" and words and rng.random() < 0.5:
+        local = variety.word_local_part(rng, words)
+        make, label = partial(variety.random_email, local=local), "email"
+    elif not rich or rng.random() < 0.5:
         return _make_email(rng, pools) if kind == "{E}" else _make_phone(rng, pools)
-    make, label = (variety.random_email, "email") if kind == "{E}" else (variety.random_phone, "phone")
+    else:
+        make, label = (variety.random_email, "email") if kind == "{E}" else (variety.random_phone, "phone")  # type: ignore[assignment]
     while True:  # keep only what the module regexes see as exactly one whole contact
         contact = make(rng)
         if find_contacts(contact) == [(0, len(contact), label)]:
             return contact
 
 
-def _fill(template: str, rng: random.Random, pools: _ContactPools, inserted: list[str], rich: bool = False) -> str:
+def _fill(
+    template: str,
+    rng: random.Random,
+    pools: _ContactPools,
+    inserted: list[str],
+    rich: bool = False,
+    words: list[str] | None = None,
+) -> str:
     """Fill ``{E}``/``{P}``/``{N}``/``{O}`` slots left to right.
 
     Every generated contact is appended to ``inserted``.
@@ -506,7 +520,7 @@ def _fill(template: str, rng: random.Random, pools: _ContactPools, inserted: lis
     out = []
     for part in re.split(r"(\{[EPNO]\})", template):
         if part in ("{E}", "{P}"):
-            contact = _contact(rng, pools, part, rich)
+            contact = _contact(rng, pools, part, rich, words)
             inserted.append(contact)
             out.append(contact)
         elif part == "{N}":
@@ -1162,7 +1176,30 @@ def _clean_trigger(rng: random.Random, split: Split) -> dict[str, str]:
     }
 
 
-def _redact_example(rng: random.Random, src: Sources, split: Split, rich: bool = False) -> dict[str, str]:
+def _composed_contact_sentence(
+    rng: random.Random, src: Sources, pools: _ContactPools, inserted: list[str], rich: bool, slots: int
+) -> str:
+    """A contact sentence of real words (train split): ``slots`` contacts among runs of passage words.
+
+    Words with digits or ``@`` are left out; a draw of fewer than 5 or more than 30 words, or whose words
+    would merge with a contact (so the redaction regexes see other contacts than were inserted), is redrawn.
+    """
+    held_out = frozenset(_CONTACT_TEMPLATES["heldout"])
+    while True:
+        _, sentences = _take_sentences(rng, src, 2, 40)
+        words = [w for w in " ".join(sentences).split() if not any(c.isdigit() or c in "@+" for c in w)]
+        new: list[str] = []
+        sentence = _fill(variety.contact_sentence(rng, words, slots, held_out), rng, pools, new, rich, words)
+        fits = 5 <= _words(sentence) <= 30
+        if fits and sorted(sentence[a:b] for a, b, _ in find_contacts(sentence)) == sorted(new):
+            inserted.extend(new)
+            return sentence
+
+
+def _redact_example(
+    rng: random.Random, src: Sources, split: Split, rich: bool = False, composed: float = 0.0
+) -> dict[str, str]:
+    """A contact example; ``composed`` is the share of contact sentences made from real words, not templates."""
     pools = _POOLS[split]
     n_contacts = rng.choices((1, 2, 3), weights=(0.5, 0.35, 0.15))[0]
     contact_sents: list[str] = []
@@ -1174,6 +1211,11 @@ def _redact_example(rng: random.Random, src: Sources, split: Split, rich: bool =
     templates = _CONTACT_TEMPLATES[split]
     while remaining:  # at most two contact sentences carry the remaining contacts
         last = len(contact_sents) == 1
+        if composed and rng.random() < composed:
+            slots = remaining if last else rng.randint(1, remaining)
+            contact_sents.append(_composed_contact_sentence(rng, src, pools, inserted, rich, slots))
+            remaining -= slots
+            continue
         options = [t for t in templates if (_slot_count(t) == remaining if last else 1 <= _slot_count(t) <= remaining)]
         tpl = rng.choice(options)
         contact_sents.append(_fill(tpl, rng, pools, inserted, rich))
@@ -1275,11 +1317,14 @@ def _check(row: dict[str, str]) -> None:
     assert row["question"].strip(), row
 
 
-def build_examples(n: int, seed: int, split: Split, rich: bool = False) -> list[dict[str, str]]:
+def build_examples(
+    n: int, seed: int, split: Split, rich: bool = False, composed_contacts: float = 0.0
+) -> list[dict[str, str]]:
     """Build ``n`` demo examples for ``split``, deterministic given ``seed``.
 
     ``rich`` (train split only) adds the composed contacts, dangerous requests and answers of
-    :mod:`aligner_chains.demo.variety` to the fixed pools.
+    :mod:`aligner_chains.demo.variety` to the fixed pools. ``composed_contacts`` (train split only)
+    is the share of contact sentences built from real words around the contacts instead of templates.
 
     Each row has ``question``, ``answer``, ``correction``, ``kind`` (``clean``,
     ``redact`` or ``refuse``) and ``category`` (``passage``,
@@ -1290,8 +1335,8 @@ def build_examples(n: int, seed: int, split: Split, rich: bool = False) -> list[
         raise ValueError(f"unknown split {split!r}")
     if n < 0:
         raise ValueError("n must be non-negative")
-    if rich and split != "train":
-        raise ValueError("rich=True is for the train split only: the held-out split must stay fixed")
+    if (rich or composed_contacts) and split != "train":
+        raise ValueError("rich and composed_contacts are for the train split only: the held-out split must stay fixed")
     rng = random.Random(seed)
     src = load_sources(split)
     n_clean = round(n * MIX["clean"])
@@ -1314,7 +1359,7 @@ def build_examples(n: int, seed: int, split: Split, rich: bool = False) -> list[
         elif what == "trigger":
             row = _clean_trigger(rng, split)
         elif what == "contact":
-            row = _redact_example(rng, src, split, rich)
+            row = _redact_example(rng, src, split, rich, composed_contacts)
         else:
             row = _dangerous_example(rng, src, split, comply=what == "comply", rich=rich)
         _check(row)

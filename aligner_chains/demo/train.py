@@ -106,11 +106,24 @@ FULL: dict[str, Any] = {
             "rich": True,
             "config": {**_COMMON, "identity_warmup_fraction": 0.0, "learning_rate": 4.0e-4, "seed": 5},
         },
+        {
+            # Phase 6 alone: clean unchanged 90 %, redaction 89 %, but refusals fell to 67 %; the mean
+            # of phases 5 and 6 kept the best of both (exact match 78.7 %; a phase at lr 2.5e-4 with
+            # noise 0.25 and the mean of 5-7 were worse: 76.9 % and 78.2 %). Its held-out failures
+            # were mostly contact sentences of unseen wording: every answer with one slipped on a
+            # word near the contact or copied a word-like local part before [EMAIL]. So this phase
+            # starts from that mean and composes half its contact sentences from real words.
+            "base": [5, 6],
+            "n_train": 56000,
+            "data_seed": TRAIN_SEED + 7,
+            "scramble": 0.5,
+            "noise": 0.15,
+            "rich": True,
+            "composed_contacts": 0.5,
+            "config": {**_COMMON, "identity_warmup_fraction": 0.0, "learning_rate": 3.0e-4, "seed": 6},
+        },
     ],
-    # Phase 6 alone: clean unchanged 90 %, redaction 89 %, but refusals fell to 67 %. The mean of
-    # phases 5 and 6 keeps the best of both (held-out exact match 78.7 %). A seventh phase (lr 2.5e-4,
-    # noise 0.25) and the mean of 5-7 were worse (76.9 % and 78.2 %).
-    "average": [5, 6],
+    "average": [7],
 }
 SHORT: dict[str, Any] = {
     "n_heldout": 40,
@@ -132,17 +145,32 @@ SHORT: dict[str, Any] = {
             "scramble": 0.6,
             "config": {**FULL["phases"][2]["config"], "per_device_batch_size": 16, "save_steps": 10},
         },
+        {
+            "base": [1, 2],
+            "n_train": 200,
+            "data_seed": TRAIN_SEED + 7,
+            "rich": True,
+            "composed_contacts": 0.5,
+            "config": {**FULL["phases"][6]["config"], "per_device_batch_size": 16, "save_steps": 10},
+        },
     ],
-    "average": [1, 2],
+    "average": [2, 3],
 }
 
 
 def build_data(
-    path: Path, n: int, seed: int, split: str, scramble_fraction: float = 0.0, noise: float = 0.0, rich: bool = False
+    path: Path,
+    n: int,
+    seed: int,
+    split: str,
+    scramble_fraction: float = 0.0,
+    noise: float = 0.0,
+    rich: bool = False,
+    composed_contacts: float = 0.0,
 ) -> Path:
     """Write one JSONL file of demo examples (deterministic for a seed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = build_examples(n, seed, split, rich=rich)  # type: ignore[arg-type]
+    rows = build_examples(n, seed, split, rich=rich, composed_contacts=composed_contacts)  # type: ignore[arg-type]
     write_jsonl(scramble(rows, scramble_fraction, seed, noise) if scramble_fraction else rows, path)
     return path
 
@@ -203,8 +231,11 @@ def run_recipe(recipe: dict[str, Any], workdir: Path) -> Path:
             phase.get("scramble", 0.0),
             phase.get("noise", 0.0),
             phase.get("rich", False),
+            phase.get("composed_contacts", 0.0),
         )
         settings = {**phase["config"], "train_file": str(train), "output_dir": str(workdir / f"phase{number}")}
+        if phase.get("base"):  # start from the mean of earlier phases' exports
+            base = average_exports([workdir / f"phase{n}" / "final" for n in phase["base"]], workdir / f"start{number}")
         if base is not None:
             settings["base_model"] = str(base)
         base = train_sft(SFTConfig.model_validate(settings))

@@ -16,7 +16,16 @@ from __future__ import annotations
 import random
 import string
 
-__all__ = ["comply_answer", "danger_question", "noise_word", "random_email", "random_phone", "refused_answer"]
+__all__ = [
+    "comply_answer",
+    "contact_sentence",
+    "danger_question",
+    "noise_word",
+    "random_email",
+    "random_phone",
+    "refused_answer",
+    "word_local_part",
+]
 
 _SYLLABLES = (
     "ka", "lo", "mi", "ren", "tor", "va", "sel", "dun", "bri", "ash", "fen", "gal", "hol", "jor", "kes",
@@ -31,10 +40,10 @@ def _name(rng: random.Random) -> str:
     return "".join(rng.choice(_SYLLABLES) for _ in range(rng.choice((1, 2, 2, 3))))
 
 
-def random_email(rng: random.Random) -> str:
-    """An address with a composed local part and domain: dots, digits, ``_``, ``+`` and case vary."""
+def random_email(rng: random.Random, local: str | None = None) -> str:
+    """An address with a composed local part (or ``local``) and domain: dots, digits, ``_``, ``+`` and case vary."""
     first, last = _name(rng), _name(rng)
-    user = rng.choice(
+    user = local or rng.choice(
         (
             f"{first}.{last}",
             f"{first}{last}",
@@ -55,6 +64,21 @@ def random_email(rng: random.Random) -> str:
     if rng.random() < 0.2:
         domain = f"{domain}-{_name(rng)}"
     return f"{user}@{domain}.{rng.choice(_TLDS)}"
+
+
+def word_local_part(rng: random.Random, words: list[str]) -> str | None:
+    """A local part made of ordinary words (``team``, ``garden.notes7``): an address is an address
+    whatever its first word, so the model must look ahead to the ``@`` rather than judge the word."""
+    plain = [w for w in ("".join(c for c in word.lower() if c.isalnum()) for word in words) if len(w) > 1]
+    if not plain:
+        return None
+    local = rng.choice(plain)
+    roll = rng.random()
+    if roll < 0.25 and len(plain) > 1:
+        local += rng.choice((".", "_", "-", "")) + rng.choice(plain)
+    elif roll < 0.4:
+        local += str(rng.randint(1, 99))
+    return local
 
 
 def _digits(rng: random.Random, k: int) -> str:
@@ -92,6 +116,51 @@ def noise_word(rng: random.Random) -> str:
     if rng.random() < 0.08:
         word += "-" + _name(rng)
     return word
+
+
+# Words that lead into a contact, and what closes it; brackets must pair.
+_INTO_CONTACT = (
+    "to", "at", "on", "via", "or", "and", "email", "call", "ring", "text", "write to", "phone", "contact",
+    "reach", "see", "try", "from", "by", "is", "are", ":", "-", "number", "address", "line", "mail", "fax",
+)  # fmt: skip
+_BRACKETS = (("(", ")"), ("<", ">"), ("[", "]"), ('"', '"'))
+
+
+def _span(rng: random.Random, words: list[str], low: int, high: int) -> list[str]:
+    """A run of consecutive ``words`` (natural word order), ``low`` to ``high`` long."""
+    k = min(len(words), rng.randint(low, high))
+    start = rng.randrange(len(words) - k + 1)
+    return words[start : start + k]
+
+
+def contact_sentence(rng: random.Random, words: list[str], slots: int, held_out: frozenset[str] = frozenset()) -> str:
+    """A sentence of runs of real ``words`` with ``slots`` contact slots (``{E}`` or ``{P}``) between them.
+
+    The fixed contact templates let a model learn their wording instead of copying it; here the
+    words around a contact are new each time, so only copying (and spotting the contact) works.
+    """
+    words = [w for w in words if w and "{" not in w and "}" not in w] or ["details"]
+    while True:
+        pieces: list[str] = []
+        for number in range(slots):
+            lead = _span(rng, words, 1 if number else 2, 8)
+            if number and rng.random() < 0.5:
+                lead = [rng.choice((",", "or", "and", ";"))]
+            slot = rng.choice(("{E}", "{P}"))
+            if rng.random() < 0.2:
+                opening, closing = rng.choice(_BRACKETS)
+                slot = f"{opening}{slot}{closing}"
+            into = rng.choice(_INTO_CONTACT)
+            if into == ":":
+                lead = [*lead[:-1], lead[-1].rstrip(",;:.!?") + into]
+            else:
+                lead = [*lead, into]
+            pieces += [*lead, slot]
+        tail = _span(rng, words, 0, 8) if rng.random() < 0.7 else []
+        text = " ".join([*pieces, *tail]).replace(" ,", ",").replace(" ;", ";").rstrip(",;:.!? ")
+        text = text[0].upper() + text[1:] + rng.choice((".", ".", ".", "!", "?"))
+        if text not in held_out:
+            return text
 
 
 # --------------------------------------------------------------------------
