@@ -9,7 +9,7 @@ from transformers import DynamicCache
 from aligner_chains import Aligner, GenerationParams
 from aligner_chains.core.engine import HFGenerate
 from aligner_chains.core.loading import DEMO_MODEL_DIR, load_model
-from aligner_chains.core.speculative import CopyAwareSpeculative, _joinable, _Row, length_groups
+from aligner_chains.core.speculative import CopyAwareSpeculative, _joinable, _Row, block_width, length_groups
 
 PAIRS = [
     ("What is it?", "The quick brown fox jumps over the lazy dog."),
@@ -265,3 +265,17 @@ def test_grouped_prompt_pass_is_exact(tiny_model_dir: Path, pass_cost: int) -> N
     for row, want in zip(result.tokens.tolist(), expected, strict=True):
         want = want[: want.index(eos) + 1] if eos in want else want
         assert row[: len(want)] == want
+
+
+def test_block_width_weighs_expected_tokens_against_compute() -> None:
+    assert block_width([8, 8, 8], [0.0, 0.0, 0.0], pass_cost=48) == 1  # nothing will be accepted
+    assert block_width([8, 8, 8], [1.0, 1.0, 1.0], pass_cost=48) == 9  # everything will be
+    # One likely copy does not pad 31 unlikely rows on a CPU, where a position costs 1/48 of a pass...
+    assert block_width([24] + [2] * 31, [0.9] + [0.05] * 31, pass_cost=48) == 1
+    # ...but does where passes are dear (an accelerator at batch 32 is not compute-bound).
+    assert block_width([24] + [2] * 31, [0.9] + [0.05] * 31, pass_cost=10**6) == 25
+    assert block_width([24, 24], [0.9, 0.9], pass_cost=48) == 25
+    # A row with much more left to write sets the number of passes, so it may widen the block.
+    assert block_width([24] + [2] * 31, [0.9] + [0.05] * 31, 48, [100.0**2] + [2.0**2] * 31) == 3
+    assert block_width([24], [0.9], pass_cost=48) == 25  # alone, a likely copy is worth its whole draft
+    assert block_width([0, 0], [0.5, 0.5], pass_cost=48) == 1

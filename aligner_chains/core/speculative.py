@@ -37,6 +37,7 @@ class _Row:
     budget: int
     generated: list[int] = field(default_factory=list)
     draft_len: int = 4
+    acceptance: float = 0.8  # running estimate of the chance that a draft token is accepted
     pointer: int = -1  # index in ``source`` of the token last copied, to prefer the next match
     aligned_at: int = 0  # len(generated) when ``pointer`` was set
     done: bool = False
@@ -47,6 +48,11 @@ class _Row:
     history_index: dict[tuple[int, ...], list[int]] = field(default_factory=dict)
     indexed: int = 0  # how many generated tokens ``history_index`` covers
     max_ngram: int = 0
+
+    def remaining(self) -> float:
+        """Rough tokens still to come: the rest of the source after the copy pointer, within the budget."""
+        left = len(self.source) - self.pointer - 1 if self.pointer >= 0 else len(self.source)
+        return float(max(1, min(left, self.budget - len(self.generated))))
 
     def build_index(self, max_ngram: int) -> None:
         """Index every n-gram (n <= max_ngram) of the source by its start positions, in order."""
@@ -72,7 +78,9 @@ class CopyAwareSpeculative(DecodingStrategy):
     whole batch, so large batches verify short drafts (their compute is already well used).
     ``pass_cost_tokens`` is what one forward pass costs beyond its tokens, in token positions
     (None: 48 on CPU, 2048 on accelerators); it decides how the prompt pass groups prompts of
-    different lengths. Sampling and non-greedy settings fall back to ``fallback``.
+    different lengths and how wide a verification block is worth making (a block is as wide as
+    its longest draft, so on a busy CPU rows that rarely hit do not pad the batch with drafts).
+    Sampling and non-greedy settings fall back to ``fallback``.
     """
 
     name = "copy-aware"
@@ -147,6 +155,7 @@ class CopyAwareSpeculative(DecodingStrategy):
         forward_args = inspect.signature(model.forward).parameters
         cache_arg = "cache" if "cache" in forward_args else "past_key_values"  # renamed in transformers 5.x
         mask = attention_mask.clone()
+        pass_cost = self._pass_cost(device)
         cache, pending = self._prefill(model, input_ids, mask, cache_arg, "logits_to_keep" in forward_args)
         n_real = mask.sum(-1)  # real tokens per row so far (the next position id)
         for r, row in enumerate(rows):
@@ -168,7 +177,14 @@ class CopyAwareSpeculative(DecodingStrategy):
                 break
             cap = max(1, self.block_tokens // len(live))
             drafts = [self._draft(rows[r])[:cap] for r in live]
-            width = 1 + max(len(d) for d in drafts)
+            # Rows with more left to write weigh more (squared): they decide how many passes the batch takes.
+            width = block_width(
+                [len(d) for d in drafts],
+                [rows[r].acceptance for r in live],
+                pass_cost,
+                [rows[r].remaining() ** 2 for r in live],
+            )
+            drafts = [d[: width - 1] for d in drafts]
             block = torch.full((len(live), width), pad_token_id, dtype=torch.long, device=device)
             valid = torch.zeros((len(live), width), dtype=mask.dtype, device=device)
             for k, r in enumerate(live):
@@ -278,8 +294,12 @@ class CopyAwareSpeculative(DecodingStrategy):
             streamer.put(torch.tensor(new[0]))
 
     def _adapt(self, row: _Row, drafted: int, accepted: int) -> None:
-        if drafted == 0:
+        if drafted == 0:  # nothing verified: drift back towards even odds, so the row drafts again
+            row.acceptance = 0.5 * row.acceptance + 0.4
             return
+        # A run of ``accepted`` hits ended by a miss suggests p = a / (a + 1); no miss, at least (d + 1) / (d + 2).
+        seen = accepted / (accepted + 1) if accepted < drafted else (drafted + 1) / (drafted + 2)
+        row.acceptance = 0.5 * row.acceptance + 0.5 * seen
         if accepted == drafted:
             row.draft_len = min(self.max_draft, row.draft_len + 2)
         elif accepted < drafted // 2:
@@ -334,6 +354,26 @@ def _join_left_padded(caches: list[Any], length: int) -> Any:
             padded = [torch.nn.functional.pad(t, (0, 0, length - t.shape[-2], 0)) for t in parts]
             setattr(layer, name, torch.cat(padded, dim=0))
     return joined
+
+
+def block_width(drafts: list[int], acceptance: list[float], pass_cost: int, weights: list[float] | None = None) -> int:
+    """The block width (1 + drafts verified per row) that yields the most expected tokens per cost.
+
+    A row with ``d`` drafts and per-token acceptance ``p`` expects ``1 + p + ... + p**d`` tokens
+    (times its weight, if given); a pass of width ``w`` over ``n`` rows costs ``pass_cost + n * w``
+    token positions. Rows with shorter drafts are padded to the width, so one row's long draft
+    costs every row; on a CPU that is often not worth it, on an accelerator it nearly always is.
+    """
+    best, best_rate = 1, 0.0
+    for width in sorted({1, *(1 + d for d in drafts)}):
+        gain = 0.0
+        for d, p, w in zip(drafts, acceptance, weights or [1.0] * len(drafts), strict=True):
+            k = min(d, width - 1)
+            gain += w * (1 + (k if p >= 1 else p * (1 - p**k) / (1 - p)))
+        rate = gain / (pass_cost + len(drafts) * width)
+        if rate > best_rate:
+            best, best_rate = width, rate
+    return best
 
 
 def length_groups(lengths: list[int], pass_cost: int) -> list[list[int]]:
