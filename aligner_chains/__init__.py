@@ -1,5 +1,6 @@
 """aligner-chains: a learned corrector (Aligner) behind any LangChain or LlamaIndex application."""
 
+from aligner_chains._lazy import lazy_getattr
 from aligner_chains.core import *  # noqa: F403
 from aligner_chains.core import __all__ as _core_all
 
@@ -17,10 +18,4 @@ _LAZY_EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    """Lazy exports of the framework adapters (``from aligner_chains import AlignerRunnable``)."""
-    if name in _LAZY_EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY_EXPORTS)

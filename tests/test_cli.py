@@ -80,3 +80,19 @@ def test_missing_model_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> N
 def test_templates_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["templates"]) == 0
     assert "aligner-revision" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("trainer", ["sft", "dpo", "oaif"])
+def test_trainer_modules_run_as_scripts_without_warnings(trainer: str) -> None:
+    """`python -m aligner_chains.finetune.X` must not find X already imported by its package (runpy warns)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-W", "error::RuntimeWarning", "-m", f"aligner_chains.finetune.{trainer}", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--config" in done.stdout

@@ -1,64 +1,44 @@
 """Fine-tuning: correction SFT on accelerate (identity warm-up, LoRA/QLoRA, resumable, multi-process),
 and preference learning: offline DPO/IPO/SLiC, online AI feedback (OAIF) and Aligner bootstrapping."""
 
-from aligner_chains.finetune.annotators import (
-    AlignerAnnotator,
-    Annotator,
-    CallableAnnotator,
-    Judgement,
-    LengthAnnotator,
-    LLMAnnotator,
-    RewardModelAnnotator,
-    as_annotator,
-)
-from aligner_chains.finetune.bootstrap import BootstrapResult, RoundStats, bootstrap
-from aligner_chains.finetune.config import (
-    AnnotatorSettings,
-    DPOConfig,
-    LoraSettings,
-    OAIFConfig,
-    SFTConfig,
-    load_config,
-    parse_overrides,
-)
-from aligner_chains.finetune.data import encode_example, load_rows
-from aligner_chains.finetune.dpo import train_dpo
-from aligner_chains.finetune.losses import dpo_loss, ipo_loss, preference_loss, slic_loss
-from aligner_chains.finetune.metrics import read_metrics
-from aligner_chains.finetune.oaif import train_oaif
-from aligner_chains.finetune.preference_data import PreferencePair, load_pairs, split_transcripts
-from aligner_chains.finetune.sft import train_sft
+from __future__ import annotations
 
-__all__ = [
-    "AlignerAnnotator",
-    "Annotator",
-    "AnnotatorSettings",
-    "BootstrapResult",
-    "CallableAnnotator",
-    "DPOConfig",
-    "Judgement",
-    "LLMAnnotator",
-    "LengthAnnotator",
-    "LoraSettings",
-    "OAIFConfig",
-    "PreferencePair",
-    "RewardModelAnnotator",
-    "RoundStats",
-    "SFTConfig",
-    "as_annotator",
-    "bootstrap",
-    "dpo_loss",
-    "encode_example",
-    "ipo_loss",
-    "load_config",
-    "load_pairs",
-    "load_rows",
-    "parse_overrides",
-    "preference_loss",
-    "read_metrics",
-    "slic_loss",
-    "split_transcripts",
-    "train_dpo",
-    "train_oaif",
-    "train_sft",
-]
+from aligner_chains._lazy import lazy_getattr
+
+# Each name loads its module on first use, so `python -m aligner_chains.finetune.sft` (or .dpo, .oaif)
+# runs a module the package has not already imported.
+_EXPORTS = {
+    "AlignerAnnotator": "aligner_chains.finetune.annotators",
+    "Annotator": "aligner_chains.finetune.annotators",
+    "CallableAnnotator": "aligner_chains.finetune.annotators",
+    "Judgement": "aligner_chains.finetune.annotators",
+    "LLMAnnotator": "aligner_chains.finetune.annotators",
+    "LengthAnnotator": "aligner_chains.finetune.annotators",
+    "RewardModelAnnotator": "aligner_chains.finetune.annotators",
+    "as_annotator": "aligner_chains.finetune.annotators",
+    "BootstrapResult": "aligner_chains.finetune.bootstrap",
+    "RoundStats": "aligner_chains.finetune.bootstrap",
+    "bootstrap": "aligner_chains.finetune.bootstrap",
+    "AnnotatorSettings": "aligner_chains.finetune.config",
+    "DPOConfig": "aligner_chains.finetune.config",
+    "LoraSettings": "aligner_chains.finetune.config",
+    "OAIFConfig": "aligner_chains.finetune.config",
+    "SFTConfig": "aligner_chains.finetune.config",
+    "load_config": "aligner_chains.finetune.config",
+    "parse_overrides": "aligner_chains.finetune.config",
+    "encode_example": "aligner_chains.finetune.data",
+    "load_rows": "aligner_chains.finetune.data",
+    "train_dpo": "aligner_chains.finetune.dpo",
+    "dpo_loss": "aligner_chains.finetune.losses",
+    "ipo_loss": "aligner_chains.finetune.losses",
+    "preference_loss": "aligner_chains.finetune.losses",
+    "slic_loss": "aligner_chains.finetune.losses",
+    "read_metrics": "aligner_chains.finetune.metrics",
+    "train_oaif": "aligner_chains.finetune.oaif",
+    "PreferencePair": "aligner_chains.finetune.preference_data",
+    "load_pairs": "aligner_chains.finetune.preference_data",
+    "split_transcripts": "aligner_chains.finetune.preference_data",
+    "train_sft": "aligner_chains.finetune.sft",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

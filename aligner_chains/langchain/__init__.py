@@ -7,8 +7,7 @@ imported on first use.
 
 from __future__ import annotations
 
-from typing import Any
-
+from aligner_chains._lazy import lazy_getattr
 from aligner_chains.langchain.chat_model import AlignedChatModel
 from aligner_chains.langchain.question import QUESTION_METADATA_KEY, extract_question
 from aligner_chains.langchain.runnable import (
@@ -31,9 +30,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "AlignerMiddleware":
-        from aligner_chains.langchain.middleware import AlignerMiddleware
-
-        return AlignerMiddleware
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, {"AlignerMiddleware": "aligner_chains.langchain.middleware"})

@@ -10,7 +10,7 @@ This package imports FastAPI only when its names are used, so ``aligner-chains -
 
 from __future__ import annotations
 
-from typing import Any
+from aligner_chains._lazy import lazy_getattr
 
 __all__ = ["ServerConfig", "ServerThread", "create_app", "run_server"]
 
@@ -22,9 +22,4 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
