@@ -5,6 +5,11 @@ from __future__ import annotations
 
 from aligner_chains._lazy import lazy_getattr
 
+# Imported now: the function ``bootstrap`` must shadow its own module's name in this package.
+from aligner_chains.finetune.bootstrap import BootstrapResult as BootstrapResult
+from aligner_chains.finetune.bootstrap import RoundStats as RoundStats
+from aligner_chains.finetune.bootstrap import bootstrap as bootstrap
+
 # Each name loads its module on first use, so `python -m aligner_chains.finetune.sft` (or .dpo, .oaif)
 # runs a module the package has not already imported.
 _EXPORTS = {
@@ -16,9 +21,6 @@ _EXPORTS = {
     "LengthAnnotator": "aligner_chains.finetune.annotators",
     "RewardModelAnnotator": "aligner_chains.finetune.annotators",
     "as_annotator": "aligner_chains.finetune.annotators",
-    "BootstrapResult": "aligner_chains.finetune.bootstrap",
-    "RoundStats": "aligner_chains.finetune.bootstrap",
-    "bootstrap": "aligner_chains.finetune.bootstrap",
     "AnnotatorSettings": "aligner_chains.finetune.config",
     "DPOConfig": "aligner_chains.finetune.config",
     "LoraSettings": "aligner_chains.finetune.config",
@@ -40,5 +42,5 @@ _EXPORTS = {
     "split_transcripts": "aligner_chains.finetune.preference_data",
     "train_sft": "aligner_chains.finetune.sft",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "BootstrapResult", "RoundStats", "bootstrap"])
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -18,19 +19,40 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def _takes_logits_to_keep(model: Any) -> bool:
+    """Whether the causal LM under any DDP or PEFT wrapper accepts ``logits_to_keep`` (transformers >= 4.50)."""
+    inner = getattr(model, "module", model)  # DistributedDataParallel
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # PeftModel
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+
+
+def label_logits(model: Any, batch: dict[str, torch.Tensor], **forward: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token logits at the columns where some row has a label, and the labels they predict.
+
+    Only those columns go through the LM head (``logits_to_keep``), so the largest activation of
+    training, batch x length x vocabulary, shrinks to the completion's span when prompts are masked.
+    Returns ``(logits [batch, k, vocab], labels [batch, k])``; labels are ``IGNORE_INDEX`` where a
+    row has none. Models without ``logits_to_keep`` compute every column and are sliced after.
+    """
+    labels = batch["labels"][:, 1:]
+    columns = (labels != IGNORE_INDEX).any(0).nonzero().squeeze(-1)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], **forward}
+    if _takes_logits_to_keep(model):
+        logits = model(**inputs, logits_to_keep=columns).logits
+    else:
+        logits = model(**inputs).logits[:, :-1][:, columns]
+    return logits, labels[:, columns]
+
+
 def sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-prob of the label tokens of every row, and how many label tokens each row has.
 
     ``batch`` holds ``input_ids``, ``attention_mask`` and ``labels`` (``IGNORE_INDEX`` outside the
     completion); padding may be on either side.
     """
-    logits = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        position_ids=position_ids_from_mask(batch["attention_mask"]),
-        use_cache=False,
-    ).logits[:, :-1]
-    labels = batch["labels"][:, 1:]
+    logits, labels = label_logits(
+        model, batch, position_ids=position_ids_from_mask(batch["attention_mask"]), use_cache=False
+    )
     mask = labels != IGNORE_INDEX
     safe = labels.masked_fill(~mask, 0)
     token_logps = torch.gather(logits.float().log_softmax(-1), 2, safe.unsqueeze(-1)).squeeze(-1)

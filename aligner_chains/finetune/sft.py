@@ -32,6 +32,7 @@ from aligner_chains.finetune.data import (
     plan_micro_batches,
     split_eval,
 )
+from aligner_chains.finetune.logprobs import label_logits
 
 
 def _template_record(template: Template | None) -> str | dict[str, Any] | None:
@@ -155,14 +156,9 @@ def plan_updates(
 
 def _loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed next-token cross-entropy over label positions (normalised by the caller)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    shift_logits = logits[:, :-1].float()
-    shift_labels = batch["labels"][:, 1:]
+    logits, labels = label_logits(model, batch)
     return F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]),
-        shift_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
+        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
     )
 
 
