@@ -122,8 +122,22 @@ FULL: dict[str, Any] = {
             "composed_contacts": 0.5,
             "config": {**_COMMON, "identity_warmup_fraction": 0.0, "learning_rate": 3.0e-4, "seed": 6},
         },
+        {
+            # Phase 7: exact match 81.8 %, redaction 96.9 %, but every held-out answer with the word
+            # "drop" failed: its piece " dro" never occurred in a correction, so the model could not
+            # write it. Half the made-up words are now pieces of the tokenizer's own vocabulary.
+            # From this phase on, scrambling no longer glues a word onto a contact (phases 3-7
+            # trained on data where ~6 % of scrambled contact rows had one, e.g. "[PHONE] 3882nqp").
+            "n_train": 56000,
+            "data_seed": TRAIN_SEED + 8,
+            "scramble": 0.5,
+            "noise": 0.2,
+            "vocabulary_noise": True,
+            "rich": True,
+            "composed_contacts": 0.3,
+            "config": {**_COMMON, "identity_warmup_fraction": 0.0, "learning_rate": 3.0e-4, "seed": 7},
+        },
     ],
-    "average": [7],
 }
 SHORT: dict[str, Any] = {
     "n_heldout": 40,
@@ -167,31 +181,79 @@ def build_data(
     noise: float = 0.0,
     rich: bool = False,
     composed_contacts: float = 0.0,
+    vocabulary: Vocabulary | None = None,
 ) -> Path:
     """Write one JSONL file of demo examples (deterministic for a seed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = build_examples(n, seed, split, rich=rich, composed_contacts=composed_contacts)  # type: ignore[arg-type]
-    write_jsonl(scramble(rows, scramble_fraction, seed, noise) if scramble_fraction else rows, path)
+    write_jsonl(scramble(rows, scramble_fraction, seed, noise, vocabulary) if scramble_fraction else rows, path)
     return path
 
 
-def _shuffle_words(text: str, rng: random.Random, noise: float = 0.0) -> str:
+class Vocabulary:
+    """A tokenizer's pieces as text, to make noise words that put every piece in a target.
+
+    A token never seen as a target keeps (under weight decay, shrinks) its initial embedding, so
+    the model cannot write it even when copying: the held-out word ``drop`` became ``Okp``
+    because the piece `` dro`` never occurred in a correction.
+    """
+
+    def __init__(self, tokenizer_dir: str | Path) -> None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        special = set(tokenizer.all_special_ids)
+        self.starts: list[str] = []  # pieces that begin a word (a leading space in byte-level BPE)
+        self.rests: list[str] = []  # pieces that continue one
+        for token_id in range(len(tokenizer)):
+            text = tokenizer.decode([token_id])
+            if token_id in special or not text.strip() or "\ufffd" in text or "@" in text or "[" in text:
+                continue
+            (self.starts if text.startswith(" ") else self.rests).append(text.strip())
+
+    def word(self, rng: random.Random) -> str:
+        """One or two pieces, drawn uniformly, as a made-up word."""
+        word = rng.choice(self.starts)
+        return word + rng.choice(self.rests) if rng.random() < 0.4 else word
+
+
+def _noise(rng: random.Random, vocabulary: Vocabulary | None) -> str:
+    return vocabulary.word(rng) if vocabulary is not None and rng.random() < 0.5 else noise_word(rng)
+
+
+def _shuffle_words(
+    text: str,
+    rng: random.Random,
+    noise: float = 0.0,
+    vocabulary: Vocabulary | None = None,
+    after_contact: bool = False,
+    before_contact: bool = False,
+) -> str:
+    """Shuffle (and maybe replace) the words of ``text``, a stretch between contacts. A word that
+    touches a contact (no space between, as the ``.`` after one) stays in place and unchanged, so
+    no other word is glued onto the contact."""
     words = text.strip(" ").split(" ")
-    if len(words) < 2:
+    head = words[:1] if after_contact and not text.startswith(" ") else []
+    tail = words[-1:] if before_contact and not text.endswith(" ") and len(words) > len(head) else []
+    middle = words[len(head) : len(words) - len(tail)]
+    if len(middle) < 2:
         return text
-    rng.shuffle(words)
+    rng.shuffle(middle)
     if noise:
-        words = [noise_word(rng) if rng.random() < noise else word for word in words]
+        middle = [_noise(rng, vocabulary) if rng.random() < noise else word for word in middle]
     lead, trail = text[: len(text) - len(text.lstrip(" "))], text[len(text.rstrip(" ")) :]
-    return lead + " ".join(words) + trail
+    return lead + " ".join([*head, *middle, *tail]) + trail
 
 
-def scramble(rows: list[dict[str, str]], fraction: float, seed: int, noise: float = 0.0) -> list[dict[str, str]]:
+def scramble(
+    rows: list[dict[str, str]], fraction: float, seed: int, noise: float = 0.0, vocabulary: Vocabulary | None = None
+) -> list[dict[str, str]]:
     """Shuffle the words of a ``fraction`` of copy and redaction answers (contacts kept whole).
 
     The words stay real but their order cannot be predicted, so the model must learn to copy
     rather than memorise the base sentences; the correction is recomputed from the new answer.
-    ``noise`` also swaps that share of the shuffled words for made-up ones (unseen subwords).
+    ``noise`` also swaps that share of the shuffled words for made-up ones (unseen subwords), half
+    of them made of ``vocabulary`` pieces when one is given.
     """
     rng = random.Random(f"scramble-{seed}")
     out = []
@@ -202,11 +264,11 @@ def scramble(rows: list[dict[str, str]], fraction: float, seed: int, noise: floa
         text, pieces, pos = row["answer"], [], 0
         spans = find_contacts(text)
         for start, end, _ in spans:
-            pieces += [_shuffle_words(text[pos:start], rng, noise), text[start:end]]
+            pieces += [_shuffle_words(text[pos:start], rng, noise, vocabulary, pos > 0, True), text[start:end]]
             pos = end
-        answer = "".join([*pieces, _shuffle_words(text[pos:], rng, noise)])
-        if len(find_contacts(answer)) != len(spans):  # shuffling made a new contact-like run: keep the original
-            out.append(row)
+        answer = "".join([*pieces, _shuffle_words(text[pos:], rng, noise, vocabulary, pos > 0)])
+        if [answer[s:e] for s, e, _ in find_contacts(answer)] != [text[s:e] for s, e, _ in spans]:
+            out.append(row)  # shuffling made or changed a contact-like run: keep the original
             continue
         out.append({**row, "answer": answer, "correction": redact(answer) if spans else answer})
     return out
@@ -232,6 +294,7 @@ def run_recipe(recipe: dict[str, Any], workdir: Path) -> Path:
             phase.get("noise", 0.0),
             phase.get("rich", False),
             phase.get("composed_contacts", 0.0),
+            Vocabulary(base) if phase.get("vocabulary_noise") and base is not None else None,
         )
         settings = {**phase["config"], "train_file": str(train), "output_dir": str(workdir / f"phase{number}")}
         if phase.get("base"):  # start from the mean of earlier phases' exports

@@ -1,0 +1,53 @@
+"""The demo recipe's data steps: word scrambling, made-up words, vocabulary pieces."""
+
+from __future__ import annotations
+
+import random
+
+from aligner_chains.core.loading import DEMO_MODEL_DIR
+from aligner_chains.demo.dataset import build_examples, find_contacts, redact
+from aligner_chains.demo.train import FULL, SHORT, Vocabulary, scramble
+
+
+def test_scramble_keeps_contacts_whole_and_recomputes_the_correction() -> None:
+    rows = build_examples(400, 3, "train", rich=True)
+    mixed = scramble(rows, 0.5, seed=3, noise=0.2)
+    assert mixed == scramble(rows, 0.5, seed=3, noise=0.2)  # deterministic for a seed
+    changed = [(a, b) for a, b in zip(rows, mixed, strict=True) if a != b]
+    assert 0.25 * len(rows) < len(changed) < 0.6 * len(rows)
+    for before, after in changed:
+        assert before["category"] in ("passage", "contact", "benign_trigger")
+        found = [after["answer"][s:e] for s, e, _ in find_contacts(after["answer"])]
+        assert sorted(found) == sorted(before["answer"][s:e] for s, e, _ in find_contacts(before["answer"]))
+        assert after["correction"] == (redact(after["answer"]) if found else after["answer"])
+
+
+def test_vocabulary_noise_puts_tokenizer_pieces_into_targets() -> None:
+    vocabulary = Vocabulary(DEMO_MODEL_DIR)
+    assert len(vocabulary.starts) > 1000 and len(vocabulary.rests) > 500
+    rng = random.Random(0)
+    words = [vocabulary.word(rng) for _ in range(300)]
+    assert all(w and " " not in w and "@" not in w and "[" not in w for w in words)
+    rows = build_examples(300, 4, "train")
+    plain, pieced = scramble(rows, 1.0, 4, noise=0.3), scramble(rows, 1.0, 4, noise=0.3, vocabulary=vocabulary)
+    assert plain != pieced
+    targets = " ".join(r["correction"] for r in pieced).split()
+    assert sum(w.strip(".,;:!?") in vocabulary.starts for w in targets) > 0.3 * len(targets)
+
+
+def test_recipes_name_their_options() -> None:
+    known = {
+        "n_train",
+        "data_seed",
+        "scramble",
+        "noise",
+        "rich",
+        "composed_contacts",
+        "vocabulary_noise",
+        "base",
+        "config",
+    }
+    for recipe in (FULL, SHORT):
+        for phase in recipe["phases"]:
+            assert set(phase) <= known, set(phase) - known
+        assert all(n <= len(recipe["phases"]) for n in recipe.get("average", []))
