@@ -10,6 +10,10 @@ Rows advance unevenly, so rejected drafts stay in the cache as masked holes: the
 mask marks them invisible and position ids count only real tokens, which keeps the arithmetic
 that of an unbroken sequence. Each row stops at its own token limit, and finished rows leave the
 batch (and its cache), so a long correction does not keep its short batch-mates computing.
+
+Two choices weigh compute against passes (``pass_cost_tokens``): the prompt pass runs prompts of
+very different lengths apart and joins their caches, and each verification block is only as wide
+as the expected accepted tokens pay for, so one eager row does not pad the whole batch.
 """
 
 from __future__ import annotations

@@ -48,9 +48,10 @@ _COMMON = {
     "logging_steps": 10,
 }
 
-#: The recipe of the shipped model: phase 1 trains from scratch (identity warm-up first), phase 2
-#: continues from phase 1's export on fresh examples with a new cosine schedule.
-#: ``--short`` scales it down for smoke tests and CI.
+#: The recipe of the shipped model: phase 1 trains from scratch (identity warm-up first); every
+#: later phase continues from the previous export (or the mean of those named by ``"base"``) on
+#: fresh examples with a new cosine schedule; the shipped model is the last export unless
+#: ``"average"`` names phases to average. ``--short`` scales it down for smoke tests and CI.
 FULL: dict[str, Any] = {
     "n_heldout": 1000,
     "phases": [
@@ -163,6 +164,9 @@ SHORT: dict[str, Any] = {
             "base": [1, 2],
             "n_train": 200,
             "data_seed": TRAIN_SEED + 7,
+            "scramble": 0.5,
+            "noise": 0.2,
+            "vocabulary_noise": True,
             "rich": True,
             "composed_contacts": 0.5,
             "config": {**FULL["phases"][6]["config"], "per_device_batch_size": 16, "save_steps": 10},
