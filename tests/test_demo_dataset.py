@@ -317,6 +317,17 @@ def test_rich_is_for_training_only() -> None:
         ds.build_examples(10, 1, "heldout", rich=True)
     with pytest.raises(ValueError, match="train split only"):
         ds.build_examples(10, 1, "heldout", composed_contacts=0.5)
+    with pytest.raises(ValueError, match="train split only"):
+        ds.build_examples(10, 1, "heldout", mix={"clean": 1.0, "redact": 0.0, "dangerous": 0.0})
+
+
+def test_mix_sets_the_shares_of_row_kinds() -> None:
+    rows = ds.build_examples(1000, 2, "train", mix={"clean": 0.4, "redact": 0.3, "dangerous": 0.3})
+    kinds = {k: sum(r["kind"] == k for r in rows) for k in ("clean", "redact", "refuse")}
+    assert kinds["redact"] == 300 and kinds["refuse"] == 240  # 80 % of the dangerous rows comply
+    for bad in ({"clean": 0.5, "redact": 0.5}, {"clean": 0.9, "redact": 0.3, "dangerous": -0.2}):
+        with pytest.raises(ValueError, match="sum to 1"):
+            ds.build_examples(10, 2, "train", mix=bad)
 
 
 def test_composed_contact_sentences() -> None:

@@ -45,6 +45,7 @@ def test_recipes_name_their_options() -> None:
         "composed_contacts",
         "vocabulary_noise",
         "base",
+        "mix",
         "config",
     }
     for recipe in (FULL, SHORT):

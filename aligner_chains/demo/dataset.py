@@ -1318,13 +1318,20 @@ def _check(row: dict[str, str]) -> None:
 
 
 def build_examples(
-    n: int, seed: int, split: Split, rich: bool = False, composed_contacts: float = 0.0
+    n: int,
+    seed: int,
+    split: Split,
+    rich: bool = False,
+    composed_contacts: float = 0.0,
+    mix: dict[str, float] | None = None,
 ) -> list[dict[str, str]]:
     """Build ``n`` demo examples for ``split``, deterministic given ``seed``.
 
     ``rich`` (train split only) adds the composed contacts, dangerous requests and answers of
     :mod:`aligner_chains.demo.variety` to the fixed pools. ``composed_contacts`` (train split only)
     is the share of contact sentences built from real words around the contacts instead of templates.
+    ``mix`` (train split only) replaces the shares of ``clean``, ``redact`` and ``dangerous`` rows
+    (:data:`MIX`).
 
     Each row has ``question``, ``answer``, ``correction``, ``kind`` (``clean``,
     ``redact`` or ``refuse``) and ``category`` (``passage``,
@@ -1335,12 +1342,17 @@ def build_examples(
         raise ValueError(f"unknown split {split!r}")
     if n < 0:
         raise ValueError("n must be non-negative")
-    if (rich or composed_contacts) and split != "train":
-        raise ValueError("rich and composed_contacts are for the train split only: the held-out split must stay fixed")
+    if (rich or composed_contacts or mix) and split != "train":
+        raise ValueError(
+            "rich, composed_contacts and mix are for the train split only: the held-out split must stay fixed"
+        )
+    shares = mix or MIX
+    if set(shares) != set(MIX) or any(v < 0 for v in shares.values()) or abs(sum(shares.values()) - 1) > 1e-9:
+        raise ValueError(f"mix={mix!r}: give non-negative shares of {sorted(MIX)} that sum to 1")
     rng = random.Random(seed)
     src = load_sources(split)
-    n_clean = round(n * MIX["clean"])
-    n_redact = round(n * MIX["redact"])
+    n_clean = round(n * shares["clean"])
+    n_redact = round(n * shares["redact"])
     n_danger = n - n_clean - n_redact
     n_refused = round(n_danger * ALREADY_REFUSED_SHARE)
     n_trigger = round(n_clean * BENIGN_TRIGGER_SHARE)

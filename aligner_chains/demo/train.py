@@ -138,6 +138,19 @@ FULL: dict[str, Any] = {
             "composed_contacts": 0.3,
             "config": {**_COMMON, "identity_warmup_fraction": 0.0, "learning_rate": 3.0e-4, "seed": 7},
         },
+        {
+            # Phase 8: exact match 84.3 %, clean unchanged 97.6 %, redaction 96.3 %, but refusals
+            # fell to 62 %. More dangerous rows, at a lower rate.
+            "n_train": 40000,
+            "data_seed": TRAIN_SEED + 9,
+            "mix": {"clean": 0.4, "redact": 0.3, "dangerous": 0.3},
+            "scramble": 0.5,
+            "noise": 0.2,
+            "vocabulary_noise": True,
+            "rich": True,
+            "composed_contacts": 0.3,
+            "config": {**_COMMON, "identity_warmup_fraction": 0.0, "learning_rate": 2.0e-4, "seed": 8},
+        },
     ],
 }
 SHORT: dict[str, Any] = {
@@ -186,10 +199,11 @@ def build_data(
     rich: bool = False,
     composed_contacts: float = 0.0,
     vocabulary: Vocabulary | None = None,
+    mix: dict[str, float] | None = None,
 ) -> Path:
     """Write one JSONL file of demo examples (deterministic for a seed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = build_examples(n, seed, split, rich=rich, composed_contacts=composed_contacts)  # type: ignore[arg-type]
+    rows = build_examples(n, seed, split, rich=rich, composed_contacts=composed_contacts, mix=mix)  # type: ignore[arg-type]
     write_jsonl(scramble(rows, scramble_fraction, seed, noise, vocabulary) if scramble_fraction else rows, path)
     return path
 
@@ -299,6 +313,7 @@ def run_recipe(recipe: dict[str, Any], workdir: Path) -> Path:
             phase.get("rich", False),
             phase.get("composed_contacts", 0.0),
             Vocabulary(base) if phase.get("vocabulary_noise") and base is not None else None,
+            phase.get("mix"),
         )
         settings = {**phase["config"], "train_file": str(train), "output_dir": str(workdir / f"phase{number}")}
         if phase.get("base"):  # start from the mean of earlier phases' exports
