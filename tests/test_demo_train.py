@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
+
+import pytest
 
 from aligner_chains.core.loading import DEMO_MODEL_DIR
 from aligner_chains.demo.dataset import build_examples, find_contacts, redact
-from aligner_chains.demo.train import FULL, SHORT, Vocabulary, scramble
+from aligner_chains.demo.train import FULL, PHASE_KEYS, SHORT, Vocabulary, run_recipe, scramble
 
 
 def test_scramble_keeps_contacts_whole_and_recomputes_the_correction() -> None:
@@ -35,20 +38,12 @@ def test_vocabulary_noise_puts_tokenizer_pieces_into_targets() -> None:
     assert sum(w.strip(".,;:!?") in vocabulary.starts for w in targets) > 0.3 * len(targets)
 
 
-def test_recipes_name_their_options() -> None:
-    known = {
-        "n_train",
-        "data_seed",
-        "scramble",
-        "noise",
-        "rich",
-        "composed_contacts",
-        "vocabulary_noise",
-        "base",
-        "mix",
-        "config",
-    }
+def test_recipes_name_their_options(tmp_path: Path) -> None:
     for recipe in (FULL, SHORT):
         for phase in recipe["phases"]:
-            assert set(phase) <= known, set(phase) - known
+            assert set(phase) <= PHASE_KEYS, set(phase) - PHASE_KEYS
         assert all(n <= len(recipe["phases"]) for n in recipe.get("average", []))
+    typo = {"phases": [{**SHORT["phases"][0], "vocabulary_nosie": True}]}
+    with pytest.raises(ValueError, match="vocabulary_nosie"):
+        run_recipe(typo, tmp_path)
+    assert not any(tmp_path.iterdir())  # refused before any work

@@ -292,11 +292,32 @@ def scramble(
     return out
 
 
+#: What a recipe phase may say (anything else is a typo, refused before training starts).
+PHASE_KEYS = frozenset(
+    {
+        "n_train",
+        "data_seed",
+        "config",
+        "base",
+        "mix",
+        "rich",
+        "scramble",
+        "noise",
+        "vocabulary_noise",
+        "composed_contacts",
+    }
+)
+
+
 def run_recipe(recipe: dict[str, Any], workdir: Path) -> Path:
     """Train every phase in turn (each resumable), each phase starting from the previous export.
 
     ``recipe["average"]`` (phase numbers) makes the result the weight average of those phases' exports.
     """
+    for number, phase in enumerate(recipe["phases"], start=1):
+        unknown = set(phase) - PHASE_KEYS
+        if unknown:
+            raise ValueError(f"recipe phase {number} has unknown keys {sorted(unknown)}; known: {sorted(PHASE_KEYS)}")
     base: Path | None = None
     for number, phase in enumerate(recipe["phases"], start=1):
         done = workdir / f"phase{number}" / "final"
