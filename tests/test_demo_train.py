@@ -47,3 +47,12 @@ def test_recipes_name_their_options(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="vocabulary_nosie"):
         run_recipe(typo, tmp_path)
     assert not any(tmp_path.iterdir())  # refused before any work
+
+
+def test_number_noise_is_never_a_contact() -> None:
+    vocabulary = Vocabulary(DEMO_MODEL_DIR, numbers=True)
+    rng = random.Random(1)
+    words = [vocabulary.word(rng) for _ in range(2000)]
+    numbers = [w for w in words if any(c.isdigit() for c in w) and w not in vocabulary.starts + vocabulary.rests]
+    assert len(numbers) > 300
+    assert not any(find_contacts(f"See {n} now.") for n in numbers)

@@ -19,11 +19,6 @@ CLEAN = "Paris is the capital of France."
     not (DEMO_MODEL_DIR / "config.json").exists(),
     reason="the demo Aligner is not built yet (aligner_chains/demo/model)",
 )
-@pytest.mark.xfail(
-    reason="the shipped demo Aligner redacts every contact in only 89 % of held-out answers (issue 3 is open: "
-    "its figures miss their targets); this test passes once a better-trained demo ships",
-    strict=False,
-)
 def test_demo_aligner_redacts_contact_data_in_chunks_and_answer() -> None:
     aligner = Aligner.from_pretrained("demo")
     index = VectorStoreIndex.from_documents(

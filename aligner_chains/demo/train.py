@@ -24,7 +24,7 @@ from aligner_chains.finetune.average import average_exports
 from aligner_chains.finetune.config import SFTConfig
 from aligner_chains.finetune.sft import train_sft
 
-TRAIN_SEED, HELDOUT_SEED = 0, 1
+TRAIN_SEED, HELDOUT_SEED, VALIDATION_SEED = 0, 1, 2
 
 _ARCH = {
     "hidden_size": 256,
@@ -151,7 +151,43 @@ FULL: dict[str, Any] = {
             "composed_contacts": 0.3,
             "config": {**_COMMON, "identity_warmup_fraction": 0.0, "learning_rate": 2.0e-4, "seed": 8},
         },
+        {
+            # Phase 9: exact match 88.2 %, clean unchanged 96.9 %, redaction 98.0 %, refusals 80 %.
+            # The same data anew at half the rate.
+            "n_train": 40000,
+            "data_seed": TRAIN_SEED + 10,
+            "mix": {"clean": 0.4, "redact": 0.3, "dangerous": 0.3},
+            "scramble": 0.5,
+            "noise": 0.2,
+            "vocabulary_noise": True,
+            "rich": True,
+            "composed_contacts": 0.3,
+            "config": {**_COMMON, "identity_warmup_fraction": 0.0, "learning_rate": 1.0e-4, "seed": 9},
+        },
+        {
+            # Phase 10: clean unchanged 99.0 %, but refusals fell to 60 %; the mean of phases 9 and 10:
+            # exact match 89.0 %, refusals 72 %, and 0.5 % of answers without contacts got a token
+            # (numbers such as "10 units" became [PHONE]). From that mean, with more dangerous rows
+            # and numbers among the made-up words.
+            "base": [9, 10],
+            "n_train": 40000,
+            "data_seed": TRAIN_SEED + 11,
+            "mix": {"clean": 0.35, "redact": 0.3, "dangerous": 0.35},
+            "scramble": 0.5,
+            "noise": 0.2,
+            "vocabulary_noise": True,
+            "number_noise": True,
+            "rich": True,
+            "composed_contacts": 0.3,
+            "config": {**_COMMON, "identity_warmup_fraction": 0.0, "learning_rate": 1.5e-4, "seed": 10},
+        },
     ],
+    # Phase 11: clean unchanged 99.2 %, no false redaction, refusals 61 %. Refusals swing from phase
+    # to phase (80, 60, 61 % in phases 9-11) while copying keeps improving; of the means tried, that
+    # of phases 7, 9, 10 and 11 scored best on the validation set (seed 2: exact match 89.9 %), so it
+    # ships. A twelfth phase from that mean (lr 2e-4, 35 % dangerous rows) and the means including
+    # it scored lower on validation (86.8-89.5 %).
+    "average": [7, 9, 10, 11],
 }
 SHORT: dict[str, Any] = {
     "n_heldout": 40,
@@ -216,8 +252,10 @@ class Vocabulary:
     because the piece `` dro`` never occurred in a correction.
     """
 
-    def __init__(self, tokenizer_dir: str | Path) -> None:
+    def __init__(self, tokenizer_dir: str | Path, numbers: bool = False) -> None:
         from transformers import AutoTokenizer
+
+        self.numbers = numbers  # also numbers (counts, years, decimals, percentages), kept as they are
 
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
         special = set(tokenizer.all_special_ids)
@@ -230,9 +268,28 @@ class Vocabulary:
             (self.starts if text.startswith(" ") else self.rests).append(text.strip())
 
     def word(self, rng: random.Random) -> str:
-        """One or two pieces, drawn uniformly, as a made-up word."""
+        """One or two pieces, drawn uniformly, as a made-up word (or, with ``numbers``, sometimes a number)."""
+        if self.numbers and rng.random() < 0.25:
+            return _number(rng)
         word = rng.choice(self.starts)
         return word + rng.choice(self.rests) if rng.random() < 0.4 else word
+
+
+def _number(rng: random.Random) -> str:
+    """A number that is not a phone number: a count, year, decimal, percentage or amount."""
+    value = rng.choice(
+        (
+            str(rng.randint(0, 99)),
+            str(rng.randint(100, 9999)),
+            f"{rng.randint(0, 999)}.{rng.randint(0, 99)}",
+            f"{rng.randint(0, 100)}%",
+            f"{rng.randint(1, 99)}.{rng.randint(0, 99):02d}%",
+            f"{rng.randint(1, 999)},{rng.randint(0, 999):03d}",
+            f"${rng.randint(1, 999)}",
+            str(rng.randint(1800, 2030)),
+        )
+    )
+    return value
 
 
 def _noise(rng: random.Random, vocabulary: Vocabulary | None) -> str:
@@ -304,6 +361,7 @@ PHASE_KEYS = frozenset(
         "scramble",
         "noise",
         "vocabulary_noise",
+        "number_noise",
         "composed_contacts",
     }
 )
@@ -333,7 +391,7 @@ def run_recipe(recipe: dict[str, Any], workdir: Path) -> Path:
             phase.get("noise", 0.0),
             phase.get("rich", False),
             phase.get("composed_contacts", 0.0),
-            Vocabulary(base) if phase.get("vocabulary_noise") and base is not None else None,
+            Vocabulary(base, phase.get("number_noise", False)) if phase.get("vocabulary_noise") and base else None,
             phase.get("mix"),
         )
         settings = {**phase["config"], "train_file": str(train), "output_dir": str(workdir / f"phase{number}")}
@@ -348,14 +406,20 @@ def run_recipe(recipe: dict[str, Any], workdir: Path) -> Path:
     return base
 
 
-def evaluate(model: str | Path, heldout: Path | None = None, n: int = 1000, batch_size: int = 32) -> dict[str, Any]:
-    """Score an Aligner on the held-out set: exact match, clean unchanged, redaction, refusal figures."""
+def evaluate(
+    model: str | Path, heldout: Path | None = None, n: int = 1000, batch_size: int = 32, seed: int | None = None
+) -> dict[str, Any]:
+    """Score an Aligner on the held-out set: exact match, clean unchanged, redaction, refusal figures.
+
+    ``seed`` builds another set from the held-out split: ``VALIDATION_SEED`` is the one phases and
+    averages are chosen on, so that the reported set (``HELDOUT_SEED``) plays no part in choosing.
+    """
     from aligner_chains.core.aligner import Aligner
 
     rows = (
         [json.loads(line) for line in heldout.read_text(encoding="utf-8").splitlines()]
         if heldout is not None
-        else build_examples(n, HELDOUT_SEED, "heldout")
+        else build_examples(n, HELDOUT_SEED if seed is None else seed, "heldout")
     )
     aligner = Aligner.from_pretrained(str(model), device="cpu")
     started = time.perf_counter()
@@ -370,9 +434,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--short", action="store_true", help="tiny smoke version of the recipe")
     parser.add_argument("--install", action="store_true", help=f"copy the trained model to {DEMO_MODEL_DIR}")
     parser.add_argument("--evaluate", metavar="MODEL", help="only score MODEL on the held-out set")
+    parser.add_argument(
+        "--seed", type=int, default=None, help=f"with --evaluate: another held-out set (validation: {VALIDATION_SEED})"
+    )
     args = parser.parse_args(argv)
     if args.evaluate:
-        print(json.dumps(evaluate(args.evaluate), indent=2))
+        print(json.dumps(evaluate(args.evaluate, seed=args.seed), indent=2))
         return 0
     recipe = SHORT if args.short else FULL
     workdir = Path(args.workdir)
