@@ -1,6 +1,6 @@
 """Reproduce the shipped demo Aligner: build its data, train it with `train_sft`, score it, install it.
 
-    python -m aligner_chains.demo.train --workdir runs/demo --install  # full recipe (2 CPU cores: ~3 h)
+    python -m aligner_chains.demo.train --workdir runs/demo --install  # full recipe (2 CPU cores: ~4 h)
     python -m aligner_chains.demo.train --workdir runs/demo --short    # a seconds-long smoke version
     python -m aligner_chains.demo.train --evaluate aligner_chains/demo/model
 
