@@ -142,13 +142,15 @@ async def test_concurrent_aqueries_with_postprocessor(index: VectorStoreIndex, t
 
     for seq, res in zip(sequential, results, strict=True):
         assert res.response == seq.response
-        assert _without_latency(res.metadata["aligner"]) == _without_latency(seq.metadata["aligner"])
+        assert _without_batch_effects(res.metadata["aligner"]) == _without_batch_effects(seq.metadata["aligner"])
         assert [n.node.get_content() for n in res.source_nodes] == [n.node.get_content() for n in seq.source_nodes]
         assert all(n.node.metadata["aligner_changed"] in (True, False) for n in res.source_nodes)
 
 
-def _without_latency(summary: dict) -> dict:
-    return {k: v for k, v in summary.items() if k != "latency_s"}
+def _without_batch_effects(summary: dict) -> dict:
+    """The summary less what depends on which requests shared a batch: the wall time, and the
+    decoding statistics (the verification blocks are sized for the whole batch; the tokens are not)."""
+    return {k: v for k, v in summary.items() if k not in ("latency_s", "stats")}
 
 
 def test_concurrent_threads(index: VectorStoreIndex, tiny_aligner: Aligner) -> None:
