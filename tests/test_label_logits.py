@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from aligner_chains.core.forward import forward_parameters
 from aligner_chains.finetune.data import IGNORE_INDEX
-from aligner_chains.finetune.logprobs import _takes_logits_to_keep, label_logits, sequence_logps
+from aligner_chains.finetune.logprobs import label_logits, sequence_logps
 
 
 def _model(kind: str) -> Any:
@@ -51,7 +52,7 @@ def test_label_logits_match_full_logits(kind: str) -> None:
     model = _model("llama" if kind == "no-keep" else kind)
     if kind == "no-keep":
         model = _NoKeep(model)
-    assert _takes_logits_to_keep(model) == (kind != "no-keep")
+    assert ("logits_to_keep" in forward_parameters(model)) == (kind != "no-keep")
     batch = _batch()
     full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     want = F.cross_entropy(

@@ -19,7 +19,6 @@ as the expected accepted tokens pay for, so one eager row does not pad the whole
 from __future__ import annotations
 
 import bisect
-import inspect
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +27,7 @@ import torch
 from transformers import DynamicCache
 
 from aligner_chains.core.engine import DecodeResult, DecodingStrategy, GenerationParams, HFGenerate
+from aligner_chains.core.forward import forward_parameters, position_ids_from_mask
 
 # Generation settings under which greedy verification is exact; anything else takes the plain path.
 _EXACT_KEYS = {"max_new_tokens", "do_sample"}
@@ -156,11 +156,11 @@ class CopyAwareSpeculative(DecodingStrategy):
         if streamer is not None:
             streamer.put(input_ids.cpu())
 
-        forward_args = inspect.signature(model.forward).parameters
+        forward_args = forward_parameters(model)
         cache_arg = "cache" if "cache" in forward_args else "past_key_values"  # renamed in transformers 5.x
         mask = attention_mask.clone()
         pass_cost = self._pass_cost(device)
-        cache, pending = self._prefill(model, input_ids, mask, cache_arg, "logits_to_keep" in forward_args)
+        cache, pending = self._prefill(model, input_ids, mask, cache_arg, "logits_to_keep" in forward_args, pass_cost)
         n_real = mask.sum(-1)  # real tokens per row so far (the next position id)
         for r, row in enumerate(rows):
             row.passes = 1
@@ -238,7 +238,7 @@ class CopyAwareSpeculative(DecodingStrategy):
         return DecodeResult(tokens=tokens, stats=stats)
 
     def _prefill(
-        self, model: Any, input_ids: torch.Tensor, mask: torch.Tensor, cache_arg: str, last_only: bool
+        self, model: Any, input_ids: torch.Tensor, mask: torch.Tensor, cache_arg: str, last_only: bool, pass_cost: int
     ) -> tuple[Any, torch.Tensor]:
         """The prompt pass: a KV cache over the (left-padded) prompts and each row's first token.
 
@@ -251,11 +251,10 @@ class CopyAwareSpeculative(DecodingStrategy):
 
         def run(ids: torch.Tensor, row_mask: torch.Tensor) -> tuple[Any, torch.Tensor]:
             cache = DynamicCache(config=model.config)
-            positions = (row_mask.cumsum(-1) - 1).clamp(min=0)
             out = model(
                 input_ids=ids,
                 attention_mask=row_mask,
-                position_ids=positions,
+                position_ids=position_ids_from_mask(row_mask),
                 use_cache=True,
                 **extra,
                 **{cache_arg: cache},
@@ -263,7 +262,7 @@ class CopyAwareSpeculative(DecodingStrategy):
             return cache, out.logits[:, -1].argmax(-1)
 
         lengths = mask.sum(-1).tolist()
-        groups = length_groups(lengths, self._pass_cost(input_ids.device))
+        groups = length_groups(lengths, pass_cost)
         if len(groups) == 1 or not _joinable(DynamicCache(config=model.config)):
             return run(input_ids, mask)
         caches, firsts = [], []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -11,19 +10,8 @@ from typing import Any
 
 import torch
 
+from aligner_chains.core.forward import forward_parameters, position_ids_from_mask
 from aligner_chains.finetune.data import IGNORE_INDEX
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted over real tokens only, so left- and right-padded rows see the same positions."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def _takes_logits_to_keep(model: Any) -> bool:
-    """Whether the causal LM under any DDP or PEFT wrapper accepts ``logits_to_keep`` (transformers >= 4.50)."""
-    inner = getattr(model, "module", model)  # DistributedDataParallel
-    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # PeftModel
-    return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
 def label_logits(model: Any, batch: dict[str, torch.Tensor], **forward: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,7 +25,7 @@ def label_logits(model: Any, batch: dict[str, torch.Tensor], **forward: Any) -> 
     labels = batch["labels"][:, 1:]
     columns = (labels != IGNORE_INDEX).any(0).nonzero().squeeze(-1)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], **forward}
-    if _takes_logits_to_keep(model):
+    if "logits_to_keep" in forward_parameters(model):
         logits = model(**inputs, logits_to_keep=columns).logits
     else:
         logits = model(**inputs).logits[:, :-1][:, columns]
