@@ -36,7 +36,7 @@ import random
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
@@ -461,6 +461,9 @@ _CONTACT_TEMPLATES: dict[str, tuple[str, ...]] = {
     ),
 }
 
+# What a composed training sentence must never equal.
+_HELDOUT_ONLY_WORDING = frozenset(_CONTACT_TEMPLATES["heldout"])
+
 # Inline additions to the end of a real sentence (before its final period).
 _INLINE_CONTACT = (" (contact: {E})", " (call {P} for details)", ", see {E}", " - phone {P}")
 
@@ -492,13 +495,13 @@ def _contact(rng: random.Random, pools: _ContactPools, kind: str, rich: bool, wo
 
     With ``words``, half the e-mails take their local part from those ordinary words.
     """
+    make: Callable[[random.Random], str]
     if kind == "{E}" and words and rng.random() < 0.5:
-        local = variety.word_local_part(rng, words)
-        make, label = partial(variety.random_email, local=local), "email"
+        make, label = partial(variety.random_email, local=variety.word_local_part(rng, words)), "email"
     elif not rich or rng.random() < 0.5:
         return _make_email(rng, pools) if kind == "{E}" else _make_phone(rng, pools)
     else:
-        make, label = (variety.random_email, "email") if kind == "{E}" else (variety.random_phone, "phone")  # type: ignore[assignment]
+        make, label = (variety.random_email, "email") if kind == "{E}" else (variety.random_phone, "phone")
     while True:  # keep only what the module regexes see as exactly one whole contact
         contact = make(rng)
         if find_contacts(contact) == [(0, len(contact), label)]:
@@ -1184,12 +1187,12 @@ def _composed_contact_sentence(
     Words with digits or ``@`` are left out; a draw of fewer than 5 or more than 30 words, or whose words
     would merge with a contact (so the redaction regexes see other contacts than were inserted), is redrawn.
     """
-    held_out = frozenset(_CONTACT_TEMPLATES["heldout"])
     while True:
         _, sentences = _take_sentences(rng, src, 2, 40)
         words = [w for w in " ".join(sentences).split() if not any(c.isdigit() or c in "@+" for c in w)]
         new: list[str] = []
-        sentence = _fill(variety.contact_sentence(rng, words, slots, held_out), rng, pools, new, rich, words)
+        template = variety.contact_sentence(rng, words, slots, _HELDOUT_ONLY_WORDING)
+        sentence = _fill(template, rng, pools, new, rich, words)
         fits = 5 <= _words(sentence) <= 30
         if fits and sorted(sentence[a:b] for a, b, _ in find_contacts(sentence)) == sorted(new):
             inserted.extend(new)

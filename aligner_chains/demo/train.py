@@ -48,6 +48,17 @@ _COMMON = {
     "logging_steps": 10,
 }
 
+
+def _continued(learning_rate: float, seed: int) -> dict[str, Any]:
+    """The training settings of a phase that continues from an export (no identity warm-up)."""
+    return {**_COMMON, "identity_warmup_fraction": 0.0, "learning_rate": learning_rate, "seed": seed}
+
+
+#: The data of phases 8-11: scrambled answers whose made-up words include vocabulary pieces, composed
+#: contacts and dangerous requests, a third of contact sentences made of real words.
+_PIECES = {"scramble": 0.5, "noise": 0.2, "vocabulary_noise": True, "rich": True, "composed_contacts": 0.3}
+_MORE_DANGER = {"clean": 0.4, "redact": 0.3, "dangerous": 0.3}
+
 #: The recipe of the shipped model: phase 1 trains from scratch (identity warm-up first); every
 #: later phase continues from the previous export (or the mean of those named by ``"base"``) on
 #: fresh examples with a new cosine schedule; the shipped model is the last export unless
@@ -71,7 +82,7 @@ FULL: dict[str, Any] = {
         {
             "n_train": 30000,
             "data_seed": TRAIN_SEED + 2,
-            "config": {**_COMMON, "identity_warmup_fraction": 0.0, "learning_rate": 1.0e-3, "seed": 1},
+            "config": _continued(1.0e-3, seed=1),
         },
         {
             # Phases 1-2 learned the format but memorised the base sentences instead of copying them
@@ -79,14 +90,14 @@ FULL: dict[str, Any] = {
             "n_train": 24000,
             "data_seed": TRAIN_SEED + 3,
             "scramble": 0.6,
-            "config": {**_COMMON, "identity_warmup_fraction": 0.0, "learning_rate": 1.0e-3, "seed": 2},
+            "config": _continued(1.0e-3, seed=2),
         },
         {
             # Phase 3 learned to copy (loss 0.015, still falling): more of the same at a lower rate.
             "n_train": 32000,
             "data_seed": TRAIN_SEED + 4,
             "scramble": 0.5,
-            "config": {**_COMMON, "identity_warmup_fraction": 0.0, "learning_rate": 6.0e-4, "seed": 3},
+            "config": _continued(6.0e-4, seed=3),
         },
         {
             # Phase 4 copied 79 % of clean held-out answers and refused none: composed contacts and
@@ -96,7 +107,7 @@ FULL: dict[str, Any] = {
             "scramble": 0.5,
             "noise": 0.15,
             "rich": True,
-            "config": {**_COMMON, "identity_warmup_fraction": 0.0, "learning_rate": 6.0e-4, "seed": 4},
+            "config": _continued(6.0e-4, seed=4),
         },
         {
             # Phase 5: exact match 78 %, clean unchanged 88 %, redaction 88 %, refusals 91 %. More of it.
@@ -105,7 +116,7 @@ FULL: dict[str, Any] = {
             "scramble": 0.5,
             "noise": 0.15,
             "rich": True,
-            "config": {**_COMMON, "identity_warmup_fraction": 0.0, "learning_rate": 4.0e-4, "seed": 5},
+            "config": _continued(4.0e-4, seed=5),
         },
         {
             # Phase 6 alone: clean unchanged 90 %, redaction 89 %, but refusals fell to 67 %; the mean
@@ -121,7 +132,7 @@ FULL: dict[str, Any] = {
             "noise": 0.15,
             "rich": True,
             "composed_contacts": 0.5,
-            "config": {**_COMMON, "identity_warmup_fraction": 0.0, "learning_rate": 3.0e-4, "seed": 6},
+            "config": _continued(3.0e-4, seed=6),
         },
         {
             # Phase 7: exact match 81.8 %, redaction 96.9 %, but every held-out answer with the word
@@ -131,38 +142,26 @@ FULL: dict[str, Any] = {
             # trained on data where ~6 % of scrambled contact rows had one, e.g. "[PHONE] 3882nqp").
             "n_train": 56000,
             "data_seed": TRAIN_SEED + 8,
-            "scramble": 0.5,
-            "noise": 0.2,
-            "vocabulary_noise": True,
-            "rich": True,
-            "composed_contacts": 0.3,
-            "config": {**_COMMON, "identity_warmup_fraction": 0.0, "learning_rate": 3.0e-4, "seed": 7},
+            **_PIECES,
+            "config": _continued(3.0e-4, seed=7),
         },
         {
             # Phase 8: exact match 84.3 %, clean unchanged 97.6 %, redaction 96.3 %, but refusals
             # fell to 62 %. More dangerous rows, at a lower rate.
             "n_train": 40000,
             "data_seed": TRAIN_SEED + 9,
-            "mix": {"clean": 0.4, "redact": 0.3, "dangerous": 0.3},
-            "scramble": 0.5,
-            "noise": 0.2,
-            "vocabulary_noise": True,
-            "rich": True,
-            "composed_contacts": 0.3,
-            "config": {**_COMMON, "identity_warmup_fraction": 0.0, "learning_rate": 2.0e-4, "seed": 8},
+            "mix": _MORE_DANGER,
+            **_PIECES,
+            "config": _continued(2.0e-4, seed=8),
         },
         {
             # Phase 9: exact match 88.2 %, clean unchanged 96.9 %, redaction 98.0 %, refusals 80 %.
             # The same data anew at half the rate.
             "n_train": 40000,
             "data_seed": TRAIN_SEED + 10,
-            "mix": {"clean": 0.4, "redact": 0.3, "dangerous": 0.3},
-            "scramble": 0.5,
-            "noise": 0.2,
-            "vocabulary_noise": True,
-            "rich": True,
-            "composed_contacts": 0.3,
-            "config": {**_COMMON, "identity_warmup_fraction": 0.0, "learning_rate": 1.0e-4, "seed": 9},
+            "mix": _MORE_DANGER,
+            **_PIECES,
+            "config": _continued(1.0e-4, seed=9),
         },
         {
             # Phase 10: clean unchanged 99.0 %, but refusals fell to 60 %; the mean of phases 9 and 10:
@@ -173,13 +172,9 @@ FULL: dict[str, Any] = {
             "n_train": 40000,
             "data_seed": TRAIN_SEED + 11,
             "mix": {"clean": 0.35, "redact": 0.3, "dangerous": 0.35},
-            "scramble": 0.5,
-            "noise": 0.2,
-            "vocabulary_noise": True,
+            **_PIECES,
             "number_noise": True,
-            "rich": True,
-            "composed_contacts": 0.3,
-            "config": {**_COMMON, "identity_warmup_fraction": 0.0, "learning_rate": 1.5e-4, "seed": 10},
+            "config": _continued(1.5e-4, seed=10),
         },
     ],
     # Phase 11: clean unchanged 99.2 %, no false redaction, refusals 61 %. Refusals swing from phase
@@ -256,7 +251,6 @@ class Vocabulary:
         from transformers import AutoTokenizer
 
         self.numbers = numbers  # also numbers (counts, years, decimals, percentages), kept as they are
-
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
         special = set(tokenizer.all_special_ids)
         self.starts: list[str] = []  # pieces that begin a word (a leading space in byte-level BPE)
@@ -277,7 +271,7 @@ class Vocabulary:
 
 def _number(rng: random.Random) -> str:
     """A number that is not a phone number: a count, year, decimal, percentage or amount."""
-    value = rng.choice(
+    return rng.choice(
         (
             str(rng.randint(0, 99)),
             str(rng.randint(100, 9999)),
@@ -289,7 +283,6 @@ def _number(rng: random.Random) -> str:
             str(rng.randint(1800, 2030)),
         )
     )
-    return value
 
 
 def _noise(rng: random.Random, vocabulary: Vocabulary | None) -> str:
