@@ -7,7 +7,7 @@ import torch
 from transformers import DynamicCache
 
 from aligner_chains import Aligner, GenerationParams
-from aligner_chains.core.engine import HFGenerate
+from aligner_chains.core.engine import DecodingStrategy, HFGenerate
 from aligner_chains.core.loading import DEMO_MODEL_DIR, load_model
 from aligner_chains.core.speculative import CopyAwareSpeculative, _joinable, _Row, block_width, length_groups
 
@@ -45,6 +45,26 @@ def greedy_ids(loaded, prompts: list[str], max_new: int) -> tuple[dict, list[lis
     return batch, out[:, batch["input_ids"].shape[1] :].tolist()
 
 
+def run_decode(strategy: DecodingStrategy, loaded, batch: dict, max_new: int, **options):
+    """One ``strategy.decode`` of ``batch`` on the loaded model, called as `LocalBackend` calls it."""
+    with torch.inference_mode():
+        return strategy.decode(
+            loaded.model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            GenerationParams(max_new_tokens=max_new),
+            eos_token_ids=[loaded.tokenizer.eos_token_id],
+            pad_token_id=loaded.tokenizer.pad_token_id,
+            **options,
+        )
+
+
+def greedy_prefix(want: list[int], eos: int, limit: int | None = None) -> list[int]:
+    """What a decoder must reproduce of a plain greedy row: up to its EOS (kept), or its first ``limit`` tokens."""
+    cut = want if limit is None else want[:limit]
+    return want[: want.index(eos) + 1] if eos in cut else cut
+
+
 def test_long_accepted_drafts_stay_exact_in_a_batch(tiny_model_dir: Path) -> None:
     """Drafting from the model's own greedy output (corrupted in places) accepts long blocks, unevenly per row."""
     loaded = load_model(str(tiny_model_dir))
@@ -52,20 +72,10 @@ def test_long_accepted_drafts_stay_exact_in_a_batch(tiny_model_dir: Path) -> Non
     batch, expected = greedy_ids(loaded, prompts, 30)
     sources = [ids[:10] + [5, 6, 7] + ids[10:] for ids in expected]  # an inserted detour forces a re-sync
     sources[1] = sources[1][:4]  # one row can only draft briefly
-    strategy = CopyAwareSpeculative(max_draft=8)
-    with torch.inference_mode():
-        result = strategy.decode(
-            loaded.model,
-            batch["input_ids"],
-            batch["attention_mask"],
-            GenerationParams(max_new_tokens=30),
-            eos_token_ids=[loaded.tokenizer.eos_token_id],
-            pad_token_id=loaded.tokenizer.pad_token_id,
-            sources=sources,
-        )
+    result = run_decode(CopyAwareSpeculative(max_draft=8), loaded, batch, 30, sources=sources)
     eos = loaded.tokenizer.eos_token_id
     for row, want in zip(result.tokens.tolist(), expected, strict=True):
-        want = want[: want.index(eos) + 1] if eos in want else want
+        want = greedy_prefix(want, eos)
         assert row[: len(want)] == want
     accepted = [s["accepted_draft_tokens"] for s in result.stats]
     passes = [s["forward_passes"] for s in result.stats]
@@ -148,20 +158,11 @@ def test_rows_stop_at_their_own_limits(tiny_model_dir: Path) -> None:
     prompts = ["BEGINNING OF CONVERSATION: USER: a", "short", "The quick brown fox jumps over the lazy dog again"]
     batch, expected = greedy_ids(loaded, prompts, 30)
     limits = [3, 30, 11]
-    with torch.inference_mode():
-        result = CopyAwareSpeculative(max_draft=8).decode(
-            loaded.model,
-            batch["input_ids"],
-            batch["attention_mask"],
-            GenerationParams(max_new_tokens=30),
-            eos_token_ids=[loaded.tokenizer.eos_token_id],
-            pad_token_id=loaded.tokenizer.pad_token_id,
-            sources=[ids[:20] for ids in expected],
-            limits=limits,
-        )
+    sources = [ids[:20] for ids in expected]
+    result = run_decode(CopyAwareSpeculative(max_draft=8), loaded, batch, 30, sources=sources, limits=limits)
     eos = loaded.tokenizer.eos_token_id
     for row, want, limit in zip(result.tokens.tolist(), expected, limits, strict=True):
-        want = want[: want.index(eos) + 1] if eos in want[:limit] else want[:limit]
+        want = greedy_prefix(want, eos, limit)
         assert row[: len(want)] == want
         assert set(row[len(want) :]) <= {loaded.tokenizer.pad_token_id}
 
@@ -215,20 +216,10 @@ def test_plain_generate_honours_row_limits(tiny_model_dir: Path) -> None:
     loaded = load_model(str(tiny_model_dir))
     prompts = ["BEGINNING OF CONVERSATION: USER: a", "short"]
     batch, expected = greedy_ids(loaded, prompts, 12)
-    with torch.inference_mode():
-        result = HFGenerate().decode(
-            loaded.model,
-            batch["input_ids"],
-            batch["attention_mask"],
-            GenerationParams(max_new_tokens=12),
-            eos_token_ids=[loaded.tokenizer.eos_token_id],
-            pad_token_id=loaded.tokenizer.pad_token_id,
-            limits=[4, 12],
-        )
-    rows = result.tokens.tolist()
+    result = run_decode(HFGenerate(), loaded, batch, 12, limits=[4, 12])
     eos = loaded.tokenizer.eos_token_id
-    for row, want, limit in zip(rows, expected, [4, 12], strict=True):
-        want = want[: want.index(eos) + 1] if eos in want[:limit] else want[:limit]
+    for row, want, limit in zip(result.tokens.tolist(), expected, [4, 12], strict=True):
+        want = greedy_prefix(want, eos, limit)
         assert row[: len(want)] == want
     assert not HFGenerate().mixes_limits(GenerationParams())
     assert CopyAwareSpeculative().mixes_limits(GenerationParams())
@@ -251,19 +242,11 @@ def test_grouped_prompt_pass_is_exact(tiny_model_dir: Path, pass_cost: int) -> N
     batch, expected = greedy_ids(loaded, prompts, 20)
     assert len(length_groups(batch["attention_mask"].sum(-1).tolist(), pass_cost)) == (4 if pass_cost == 0 else 1)
     assert _joinable(DynamicCache(config=loaded.model.config))  # so the four caches really are joined
-    with torch.inference_mode():
-        result = CopyAwareSpeculative(max_draft=8, pass_cost_tokens=pass_cost).decode(
-            loaded.model,
-            batch["input_ids"],
-            batch["attention_mask"],
-            GenerationParams(max_new_tokens=20),
-            eos_token_ids=[loaded.tokenizer.eos_token_id],
-            pad_token_id=loaded.tokenizer.pad_token_id,
-            sources=[ids[:12] for ids in expected],
-        )
+    strategy = CopyAwareSpeculative(max_draft=8, pass_cost_tokens=pass_cost)
+    result = run_decode(strategy, loaded, batch, 20, sources=[ids[:12] for ids in expected])
     eos = loaded.tokenizer.eos_token_id
     for row, want in zip(result.tokens.tolist(), expected, strict=True):
-        want = want[: want.index(eos) + 1] if eos in want else want
+        want = greedy_prefix(want, eos)
         assert row[: len(want)] == want
 
 
