@@ -365,3 +365,43 @@ def test_contact_sentence_parts() -> None:
     assert variety.word_local_part(rng, ["!", "a", "--"]) is None
     for _ in range(50):
         assert re.fullmatch(r"[a-z0-9]+([._-]?[a-z0-9]+)?", variety.word_local_part(rng, words) or "")
+
+
+def test_repeated_lead_in_words() -> None:
+    """With ``repeat_lead=1`` every one-word lead-in also occurs one to four words before its contact."""
+    rng = random.Random(3)
+    words = [f"w{i}" for i in range(60)]  # no word of these repeats by chance
+    repeated = 0
+    for _ in range(300):
+        tokens = variety.contact_sentence(rng, words, rng.randint(1, 3), repeat_lead=1.0).split()
+        for i, token in enumerate(tokens):
+            if token.strip('([<"').startswith("{") and i and tokens[i - 1].isalpha():
+                assert tokens[i - 1].lower() in [t.lower() for t in tokens[max(0, i - 7) : i - 1]], tokens
+                repeated += 1
+    assert repeated > 100
+    rows = ds.build_examples(400, 4, "train", rich=True, composed_contacts=0.5, repeat_lead=0.5)
+    for row in rows:
+        ds._check(row)
+    assert ds.build_examples(300, 4, "train", rich=True, composed_contacts=0.5, repeat_lead=0.0) == ds.build_examples(
+        300, 4, "train", rich=True, composed_contacts=0.5
+    )  # off leaves earlier phases' data as it was
+    with pytest.raises(ValueError, match="train split only"):
+        ds.build_examples(10, 1, "heldout", repeat_lead=0.5)
+
+
+def test_loose_complying_answers() -> None:
+    """``loose_comply=1`` makes every complying answer an opener and unrelated real sentences."""
+    rows = ds.build_examples(600, 5, "train", rich=True, loose_comply=1.0)
+    sentences = {sent for _, sents in ds.load_sources("train").passages for sent in sents}
+    refusals = [r for r in rows if r["kind"] == "refuse"]
+    assert len(refusals) > 80
+    for row in refusals:
+        ds._check(row)
+        assert row["correction"] == ds.REFUSALS[row["category"]]
+        assert not ds._REFUSING.search(row["answer"]), row
+        assert any(sent in row["answer"] for sent in sentences), row
+    assert ds.build_examples(300, 5, "train", rich=True, loose_comply=0.0) == ds.build_examples(
+        300, 5, "train", rich=True
+    )
+    with pytest.raises(ValueError, match="train split only"):
+        ds.build_examples(10, 1, "heldout", loose_comply=0.5)

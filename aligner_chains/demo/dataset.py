@@ -1180,7 +1180,13 @@ def _clean_trigger(rng: random.Random, split: Split) -> dict[str, str]:
 
 
 def _composed_contact_sentence(
-    rng: random.Random, src: Sources, pools: _ContactPools, inserted: list[str], rich: bool, slots: int
+    rng: random.Random,
+    src: Sources,
+    pools: _ContactPools,
+    inserted: list[str],
+    rich: bool,
+    slots: int,
+    repeat_lead: float = 0.0,
 ) -> str:
     """A contact sentence of real words (train split): ``slots`` contacts among runs of passage words.
 
@@ -1191,7 +1197,7 @@ def _composed_contact_sentence(
         _, sentences = _take_sentences(rng, src, 2, 40)
         words = [w for w in " ".join(sentences).split() if not any(c.isdigit() or c in "@+" for c in w)]
         new: list[str] = []
-        template = variety.contact_sentence(rng, words, slots, _HELDOUT_ONLY_WORDING)
+        template = variety.contact_sentence(rng, words, slots, _HELDOUT_ONLY_WORDING, repeat_lead)
         sentence = _fill(template, rng, pools, new, rich, words)
         fits = 5 <= _words(sentence) <= 30
         if fits and sorted(sentence[a:b] for a, b, _ in find_contacts(sentence)) == sorted(new):
@@ -1200,7 +1206,7 @@ def _composed_contact_sentence(
 
 
 def _redact_example(
-    rng: random.Random, src: Sources, split: Split, rich: bool = False, composed: float = 0.0
+    rng: random.Random, src: Sources, split: Split, rich: bool = False, composed: float = 0.0, repeat_lead: float = 0.0
 ) -> dict[str, str]:
     """A contact example; ``composed`` is the share of contact sentences made from real words, not templates."""
     pools = _POOLS[split]
@@ -1216,7 +1222,7 @@ def _redact_example(
         last = len(contact_sents) == 1
         if composed and rng.random() < composed:
             slots = remaining if last else rng.randint(1, remaining)
-            contact_sents.append(_composed_contact_sentence(rng, src, pools, inserted, rich, slots))
+            contact_sents.append(_composed_contact_sentence(rng, src, pools, inserted, rich, slots, repeat_lead))
             remaining -= slots
             continue
         options = [t for t in templates if (_slot_count(t) == remaining if last else 1 <= _slot_count(t) <= remaining)]
@@ -1273,8 +1279,12 @@ def _dangerous_question(rng: random.Random, src: Sources, split: Split, category
     return _vary_question(rng, q)
 
 
+#: Sentences that refuse or apologise: left out of complying answers made of real sentences.
+_REFUSING = re.compile(r"(?i)\b(sorry|can't|cannot|unable|won't)\b")
+
+
 def _dangerous_example(
-    rng: random.Random, src: Sources, split: Split, comply: bool, rich: bool = False
+    rng: random.Random, src: Sources, split: Split, comply: bool, rich: bool = False, loose: float = 0.0
 ) -> dict[str, str]:
     category = rng.choice(DANGER_CATEGORIES)
     question = _dangerous_question(rng, src, split, category, rich)
@@ -1284,7 +1294,12 @@ def _dangerous_example(
         else:
             answer = rng.choice(_ALREADY_REFUSED[split])
         return {"question": question, "answer": answer, "correction": answer, "kind": "clean", "category": category}
-    if rich and rng.random() < 0.6:
+    if loose and rng.random() < loose:
+        answer = ""
+        while _words(answer) < MIN_ANSWER_WORDS or find_contacts(answer):
+            sentences = [s for s in _take_sentences(rng, src, rng.randint(1, 3), 50)[1] if not _REFUSING.search(s)]
+            answer = variety.loose_comply_answer(rng, sentences, frozenset(_COMPLY_OPENERS["heldout"]))
+    elif rich and rng.random() < 0.6:
         held_out = frozenset(_COMPLY_OPENERS["heldout"] + _COMPLY_BODIES["heldout"][category])
         filler = " ".join(_take_sentences(rng, src, 1, 30)[1]) if rng.random() < 0.4 else None
         answer = variety.comply_answer(rng, held_out, filler)
@@ -1327,6 +1342,8 @@ def build_examples(
     rich: bool = False,
     composed_contacts: float = 0.0,
     mix: dict[str, float] | None = None,
+    repeat_lead: float = 0.0,
+    loose_comply: float = 0.0,
 ) -> list[dict[str, str]]:
     """Build ``n`` demo examples for ``split``, deterministic given ``seed``.
 
@@ -1334,7 +1351,9 @@ def build_examples(
     :mod:`aligner_chains.demo.variety` to the fixed pools. ``composed_contacts`` (train split only)
     is the share of contact sentences built from real words around the contacts instead of templates.
     ``mix`` (train split only) replaces the shares of ``clean``, ``redact`` and ``dangerous`` rows
-    (:data:`MIX`).
+    (:data:`MIX`). ``repeat_lead`` (train split only) is the share of composed contacts whose lead-in
+    word also occurs a few words earlier; ``loose_comply`` (train split only) the share of complying
+    answers made of unrelated real sentences.
 
     Each row has ``question``, ``answer``, ``correction``, ``kind`` (``clean``,
     ``redact`` or ``refuse``) and ``category`` (``passage``,
@@ -1345,9 +1364,10 @@ def build_examples(
         raise ValueError(f"unknown split {split!r}")
     if n < 0:
         raise ValueError("n must be non-negative")
-    if (rich or composed_contacts or mix) and split != "train":
+    if (rich or composed_contacts or mix or repeat_lead or loose_comply) and split != "train":
         raise ValueError(
-            "rich, composed_contacts and mix are for the train split only: the held-out split must stay fixed"
+            "rich, composed_contacts, mix, repeat_lead and loose_comply are for the train split only: the"
+            " held-out split must stay fixed"
         )
     shares = mix or MIX
     if set(shares) != set(MIX) or any(v < 0 for v in shares.values()) or abs(sum(shares.values()) - 1) > 1e-9:
@@ -1374,9 +1394,9 @@ def build_examples(
         elif what == "trigger":
             row = _clean_trigger(rng, split)
         elif what == "contact":
-            row = _redact_example(rng, src, split, rich, composed_contacts)
+            row = _redact_example(rng, src, split, rich, composed_contacts, repeat_lead)
         else:
-            row = _dangerous_example(rng, src, split, comply=what == "comply", rich=rich)
+            row = _dangerous_example(rng, src, split, comply=what == "comply", rich=rich, loose=loose_comply)
         _check(row)
         rows.append(row)
     return rows

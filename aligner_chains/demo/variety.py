@@ -133,11 +133,20 @@ def _span(rng: random.Random, words: list[str], low: int, high: int) -> list[str
     return words[start : start + k]
 
 
-def contact_sentence(rng: random.Random, words: list[str], slots: int, held_out: frozenset[str] = frozenset()) -> str:
+def contact_sentence(
+    rng: random.Random,
+    words: list[str],
+    slots: int,
+    held_out: frozenset[str] = frozenset(),
+    repeat_lead: float = 0.0,
+) -> str:
     """A sentence of runs of real ``words`` with ``slots`` contact slots (``{E}`` or ``{P}``) between them.
 
     The fixed contact templates let a model learn their wording instead of copying it; here the
     words around a contact are new each time, so only copying (and spotting the contact) works.
+    ``repeat_lead`` is the share of contacts whose lead-in word also occurs one to four words
+    before it ("to drop a line to {E}"): a copier that takes the first occurrence for the second
+    skips the words between them or the lead-in itself.
     """
     words = [w for w in words if w and "{" not in w and "}" not in w] or ["details"]
     while True:
@@ -154,6 +163,11 @@ def contact_sentence(rng: random.Random, words: list[str], slots: int, held_out:
             if into == ":":
                 lead = [*lead[:-1], lead[-1].rstrip(",;:.!?") + into]
             else:
+                if repeat_lead and into[0].isalpha() and rng.random() < repeat_lead:
+                    gap = rng.randint(1, 4)
+                    lead = (
+                        [*lead[:-gap], into, *lead[-gap:]] if len(lead) > gap else [into, *_span(rng, words, gap, gap)]
+                    )
                 lead = [*lead, into]
             pieces += [*lead, slot]
         tail = _span(rng, words, 0, 8) if rng.random() < 0.7 else []
@@ -250,6 +264,19 @@ _STEPS = (
     "try a small amount first", "clean up afterwards", "make sure no one is watching",
     "use a device they trust", "repeat it until it works", "check the results the next day",
 )  # fmt: skip
+
+
+def loose_comply_answer(rng: random.Random, sentences: list[str], held_out: frozenset[str] = frozenset()) -> str:
+    """An answer that goes along with a request in unrelated real ``sentences``, after an opener or not.
+
+    Complying answers of a few fixed styles let a model learn their wording: on held-out answers it
+    copied one in four. With any non-refusing text after a dangerous request, only the request and
+    the fact that the answer does not refuse are left to decide on.
+    """
+    opener = rng.choice(_OPENERS)
+    while opener in held_out:
+        opener = rng.choice(_OPENERS)
+    return " ".join(p for p in (opener, *sentences) if p)
 
 
 def comply_answer(rng: random.Random, held_out: frozenset[str] = frozenset(), filler: str | None = None) -> str:
