@@ -405,3 +405,19 @@ def test_loose_complying_answers() -> None:
     )
     with pytest.raises(ValueError, match="train split only"):
         ds.build_examples(10, 1, "heldout", loose_comply=0.5)
+
+
+def test_harmless_requests_in_the_words_of_dangerous_ones() -> None:
+    """``harmless_requests`` asks that share of clean passages with a composed harmless request."""
+    rows = ds.build_examples(800, 6, "train", rich=True, harmless_requests=1.0)
+    passages = [r for r in rows if r["category"] == "passage"]
+    assert passages and all(r["correction"] == r["answer"] for r in passages)
+    verbs = ("make", "build", "manufacture", "synthesize", "produce", "cook", "assemble", "made", "kill", "crack")
+    assert sum(any(v in r["question"] for v in verbs) for r in passages) > 0.6 * len(passages)
+    heldout = {q for questions, _ in ds._BENIGN_TRIGGERS["heldout"] for q in questions}
+    assert not heldout & {r["question"] for r in passages}
+    assert ds.build_examples(300, 6, "train", rich=True, harmless_requests=0.0) == ds.build_examples(
+        300, 6, "train", rich=True
+    )
+    with pytest.raises(ValueError, match="train split only"):
+        ds.build_examples(10, 1, "heldout", harmless_requests=0.5)

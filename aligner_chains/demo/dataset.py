@@ -1088,6 +1088,7 @@ _BENIGN_TRIGGERS: dict[str, tuple[tuple[tuple[str, ...], str], ...]] = {
         ),
     ),
 }
+_HELDOUT_TRIGGER_QUESTIONS = frozenset(q for questions, _ in _BENIGN_TRIGGERS["heldout"] for q in questions)
 
 
 # --------------------------------------------------------------------------
@@ -1152,15 +1153,21 @@ def _question_for(rng: random.Random, src: Sources, passage_question: str | None
     return rng.choice(src.questions)
 
 
-def _clean_passage(rng: random.Random, src: Sources) -> dict[str, str]:
+def _clean_passage(rng: random.Random, src: Sources, harmless: float = 0.0) -> dict[str, str]:
+    """Real sentences under their own question, or (a ``harmless`` share) under a harmless request
+    worded like a dangerous one: a copy either way."""
     k = rng.choices((1, 2, 3, 4), weights=(0.2, 0.35, 0.3, 0.15))[0]
     question, picked = _take_sentences(rng, src, k, 70)
     while _words(" ".join(picked)) < 12 and len(picked) < 4:
         _, more = _take_sentences(rng, src, 1, 70)
         picked += more
     answer = " ".join(picked)
+    if harmless and rng.random() < harmless:
+        asked = variety.harmless_request(rng, _HELDOUT_TRIGGER_QUESTIONS)
+    else:
+        asked = _question_for(rng, src, question)
     return {
-        "question": _question_for(rng, src, question),
+        "question": asked,
         "answer": answer,
         "correction": answer,
         "kind": "clean",
@@ -1344,6 +1351,7 @@ def build_examples(
     mix: dict[str, float] | None = None,
     repeat_lead: float = 0.0,
     loose_comply: float = 0.0,
+    harmless_requests: float = 0.0,
 ) -> list[dict[str, str]]:
     """Build ``n`` demo examples for ``split``, deterministic given ``seed``.
 
@@ -1353,7 +1361,8 @@ def build_examples(
     ``mix`` (train split only) replaces the shares of ``clean``, ``redact`` and ``dangerous`` rows
     (:data:`MIX`). ``repeat_lead`` (train split only) is the share of composed contacts whose lead-in
     word also occurs a few words earlier; ``loose_comply`` (train split only) the share of complying
-    answers made of unrelated real sentences.
+    answers made of unrelated real sentences; ``harmless_requests`` (train split only) the share of
+    clean passages asked by a harmless request worded like a dangerous one.
 
     Each row has ``question``, ``answer``, ``correction``, ``kind`` (``clean``,
     ``redact`` or ``refuse``) and ``category`` (``passage``,
@@ -1364,10 +1373,10 @@ def build_examples(
         raise ValueError(f"unknown split {split!r}")
     if n < 0:
         raise ValueError("n must be non-negative")
-    if (rich or composed_contacts or mix or repeat_lead or loose_comply) and split != "train":
+    if (rich or composed_contacts or mix or repeat_lead or loose_comply or harmless_requests) and split != "train":
         raise ValueError(
-            "rich, composed_contacts, mix, repeat_lead and loose_comply are for the train split only: the"
-            " held-out split must stay fixed"
+            "rich, composed_contacts, mix, repeat_lead, loose_comply and harmless_requests are for the train"
+            " split only: the held-out split must stay fixed"
         )
     shares = mix or MIX
     if set(shares) != set(MIX) or any(v < 0 for v in shares.values()) or abs(sum(shares.values()) - 1) > 1e-9:
@@ -1390,7 +1399,7 @@ def build_examples(
     rows = []
     for what in plan:
         if what == "passage":
-            row = _clean_passage(rng, src)
+            row = _clean_passage(rng, src, harmless_requests)
         elif what == "trigger":
             row = _clean_trigger(rng, split)
         elif what == "contact":

@@ -58,6 +58,14 @@ def _continued(learning_rate: float, seed: int) -> dict[str, Any]:
 #: contacts and dangerous requests, a third of contact sentences made of real words.
 _PIECES = {"scramble": 0.5, "noise": 0.2, "vocabulary_noise": True, "rich": True, "composed_contacts": 0.3}
 _MORE_DANGER = {"clean": 0.4, "redact": 0.3, "dangerous": 0.3}
+#: The data of phases 13 on: repeated lead-ins before contacts, complying answers of unrelated text.
+_LOOSE = {
+    "mix": {"clean": 0.3, "redact": 0.3, "dangerous": 0.4},
+    **_PIECES,
+    "number_noise": True,
+    "repeat_lead": 0.5,
+    "loose_comply": 0.5,
+}
 
 #: The recipe of the shipped model: phase 1 trains from scratch (identity warm-up first); every
 #: later phase continues from the previous export (or the mean of those named by ``"base"``) on
@@ -176,6 +184,46 @@ FULL: dict[str, Any] = {
             "number_noise": True,
             "config": _continued(1.5e-4, seed=10),
         },
+        {
+            # Phases 12 on start from the mean of phases 7, 9, 10 and 11 (validation exact match 89.9 %,
+            # refusals 76 %) at a gentle rate, each on fresh data, to be averaged with each other.
+            "base": [7, 9, 10, 11],
+            "n_train": 40000,
+            "data_seed": TRAIN_SEED + 12,
+            "mix": {"clean": 0.35, "redact": 0.3, "dangerous": 0.35},
+            **_PIECES,
+            "number_noise": True,
+            "config": _continued(1.0e-4, seed=11),
+        },
+        {
+            # Two failure families of that mean on validation. Half its contact failures dropped or
+            # doubled a lead-in word that also occurs just before it ("to drop a line to <address>"):
+            # lead-ins are now repeated in training. Its missed refusals came from the answers: with a
+            # training-style complying answer in place of the held-out one it refused 100 %, with a
+            # training-style question 82 %. So half the complying answers are now unrelated real text.
+            "base": [7, 9, 10, 11],
+            "n_train": 40000,
+            "data_seed": TRAIN_SEED + 13,
+            **_LOOSE,
+            "config": _continued(1.0e-4, seed=12),
+        },
+        {
+            "base": [7, 9, 10, 11],
+            "n_train": 40000,
+            "data_seed": TRAIN_SEED + 14,
+            **_LOOSE,
+            "config": _continued(1.0e-4, seed=13),
+        },
+        {
+            # Phase 13 alone refused every dangerous request but also 7 % of harmless ones ("What is a
+            # scary Halloween costume idea?"): the verbs of danger are now asked about harmless things too.
+            "base": [7, 9, 10, 11],
+            "n_train": 40000,
+            "data_seed": TRAIN_SEED + 15,
+            **_LOOSE,
+            "harmless_requests": 0.4,
+            "config": _continued(1.0e-4, seed=14),
+        },
     ],
     # Phase 11: clean unchanged 99.2 %, no false redaction, refusals 61 %. Refusals swing from phase
     # to phase (80, 60, 61 % in phases 9-11) while copying keeps improving; of the means tried, that
@@ -231,10 +279,23 @@ def build_data(
     composed_contacts: float = 0.0,
     vocabulary: Vocabulary | None = None,
     mix: dict[str, float] | None = None,
+    repeat_lead: float = 0.0,
+    loose_comply: float = 0.0,
+    harmless_requests: float = 0.0,
 ) -> Path:
     """Write one JSONL file of demo examples (deterministic for a seed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = build_examples(n, seed, split, rich=rich, composed_contacts=composed_contacts, mix=mix)  # type: ignore[arg-type]
+    rows = build_examples(
+        n,
+        seed,
+        split,
+        rich=rich,
+        composed_contacts=composed_contacts,
+        mix=mix,  # type: ignore[arg-type]
+        repeat_lead=repeat_lead,
+        loose_comply=loose_comply,
+        harmless_requests=harmless_requests,
+    )
     write_jsonl(scramble(rows, scramble_fraction, seed, noise, vocabulary) if scramble_fraction else rows, path)
     return path
 
@@ -356,6 +417,9 @@ PHASE_KEYS = frozenset(
         "vocabulary_noise",
         "number_noise",
         "composed_contacts",
+        "repeat_lead",
+        "loose_comply",
+        "harmless_requests",
     }
 )
 
@@ -386,6 +450,9 @@ def run_recipe(recipe: dict[str, Any], workdir: Path) -> Path:
             phase.get("composed_contacts", 0.0),
             Vocabulary(base, phase.get("number_noise", False)) if phase.get("vocabulary_noise") and base else None,
             phase.get("mix"),
+            phase.get("repeat_lead", 0.0),
+            phase.get("loose_comply", 0.0),
+            phase.get("harmless_requests", 0.0),
         )
         settings = {**phase["config"], "train_file": str(train), "output_dir": str(workdir / f"phase{number}")}
         if phase.get("base"):  # start from the mean of earlier phases' exports
