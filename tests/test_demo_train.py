@@ -1,4 +1,4 @@
-"""The demo recipe's data steps: word scrambling, made-up words, vocabulary pieces."""
+"""The demo recipe: its data steps (word scrambling, made-up words, vocabulary pieces) and averaging."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
 from aligner_chains.core.loading import DEMO_MODEL_DIR
 from aligner_chains.demo.dataset import build_examples, find_contacts, redact
@@ -42,7 +44,8 @@ def test_recipes_name_their_options(tmp_path: Path) -> None:
     for recipe in (FULL, SHORT):
         for phase in recipe["phases"]:
             assert set(phase) <= PHASE_KEYS, set(phase) - PHASE_KEYS
-        assert all(n <= len(recipe["phases"]) for n in recipe.get("average", []))
+        members = [n for m in recipe.get("average", []) for n in (m if isinstance(m, list) else [m])]
+        assert all(1 <= n <= len(recipe["phases"]) for n in members)
     typo = {"phases": [{**SHORT["phases"][0], "vocabulary_nosie": True}]}
     with pytest.raises(ValueError, match="vocabulary_nosie"):
         run_recipe(typo, tmp_path)
@@ -56,3 +59,15 @@ def test_number_noise_is_never_a_contact() -> None:
     numbers = [w for w in words if any(c.isdigit() for c in w) and w not in vocabulary.starts + vocabulary.rests]
     assert len(numbers) > 300
     assert not any(find_contacts(f"See {n} now.") for n in numbers)
+
+
+def test_average_members_may_be_means_of_phases(tmp_path: Path) -> None:
+    """``"average": [[1, 2], 3]`` gives the mean of phases 1 and 2 the same share as phase 3."""
+    for number, value in ((1, 0.0), (2, 4.0), (3, 8.0)):
+        final = tmp_path / f"phase{number}" / "final"
+        final.mkdir(parents=True)
+        save_file({"w": torch.full((2, 2), value)}, str(final / "model.safetensors"))
+        (final / "aligner_config.json").write_text("{}", encoding="utf-8")  # marks the phase as done
+    recipe = {"phases": [{"n_train": 1, "data_seed": 0, "config": {}}] * 3, "average": [[1, 2], 3]}
+    result = run_recipe(recipe, tmp_path)
+    assert torch.equal(load_file(str(result / "model.safetensors"))["w"], torch.full((2, 2), 5.0))  # (0+4)/2/2 + 8/2

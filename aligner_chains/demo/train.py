@@ -1,6 +1,6 @@
 """Reproduce the shipped demo Aligner: build its data, train it with `train_sft`, score it, install it.
 
-    python -m aligner_chains.demo.train --workdir runs/demo --install  # full recipe (2 CPU cores: ~4 h)
+    python -m aligner_chains.demo.train --workdir runs/demo --install  # full recipe (2 CPU cores: ~5 h)
     python -m aligner_chains.demo.train --workdir runs/demo --short    # a seconds-long smoke version
     python -m aligner_chains.demo.train --evaluate aligner_chains/demo/model
 
@@ -185,8 +185,11 @@ FULL: dict[str, Any] = {
             "config": _continued(1.5e-4, seed=10),
         },
         {
-            # Phases 12 on start from the mean of phases 7, 9, 10 and 11 (validation exact match 89.9 %,
-            # refusals 76 %) at a gentle rate, each on fresh data, to be averaged with each other.
+            # Phase 11: clean unchanged 99.2 %, no false redaction, refusals 61 %. Refusals swing from
+            # phase to phase (80, 60, 61 % in phases 9-11) while copying keeps improving; of the means
+            # tried, that of phases 7, 9, 10 and 11 scored best on validation (exact match 89.9 %,
+            # refusals 76 %). Phases 12-14 all start from that mean at a gentle rate, each on fresh
+            # data, to be averaged with it. Phase 12: the data of phase 11, 35 % dangerous rows.
             "base": [7, 9, 10, 11],
             "n_train": 40000,
             "data_seed": TRAIN_SEED + 12,
@@ -214,23 +217,15 @@ FULL: dict[str, Any] = {
             **_LOOSE,
             "config": _continued(1.0e-4, seed=13),
         },
-        {
-            # Phase 13 alone refused every dangerous request but also 7 % of harmless ones ("What is a
-            # scary Halloween costume idea?"): the verbs of danger are now asked about harmless things too.
-            "base": [7, 9, 10, 11],
-            "n_train": 40000,
-            "data_seed": TRAIN_SEED + 15,
-            **_LOOSE,
-            "harmless_requests": 0.4,
-            "config": _continued(1.0e-4, seed=14),
-        },
     ],
-    # Phase 11: clean unchanged 99.2 %, no false redaction, refusals 61 %. Refusals swing from phase
-    # to phase (80, 60, 61 % in phases 9-11) while copying keeps improving; of the means tried, that
-    # of phases 7, 9, 10 and 11 scored best on the validation set (seed 2: exact match 89.9 %), so it
-    # ships. Two more phases from that mean (lr 2e-4 with 35 % dangerous rows, lr 3e-4 with 40 %)
-    # and the means including them scored lower on validation (86.3-89.7 %).
-    "average": [7, 9, 10, 11],
+    # Alone, phases 12-14 score lower than the mean they start from (validation exact match 87.1,
+    # 88.8 and 87.0 %; 13 and 14 refuse every dangerous request but also 6-7 % of harmless ones).
+    # The mean of that mean and phases 12-14 scored best of the means tried on both validation sets
+    # (seeds 2 and 3: 93.4 % each), so it ships. Also tried from the same mean: lr 2e-4 with 35 %
+    # dangerous rows and lr 3e-4 with 40 % (86.8 and 86.3 % alone); a phase like 14 whose clean
+    # passages are asked 40 % of the time by harmless requests worded like dangerous ones
+    # (``harmless_requests=0.4``: 89.5 % alone, over-refusal 3.8 %; 92.4-93.3 % in the means tried).
+    "average": [[7, 9, 10, 11], 12, 13, 14],
 }
 SHORT: dict[str, Any] = {
     "n_heldout": 40,
@@ -427,7 +422,8 @@ PHASE_KEYS = frozenset(
 def run_recipe(recipe: dict[str, Any], workdir: Path) -> Path:
     """Train every phase in turn (each resumable), each phase starting from the previous export.
 
-    ``recipe["average"]`` (phase numbers) makes the result the weight average of those phases' exports.
+    ``recipe["average"]`` makes the result the weight average of those phases' exports; a member that
+    is itself a list of phase numbers stands for the mean of those phases (one member, one share).
     """
     for number, phase in enumerate(recipe["phases"], start=1):
         unknown = set(phase) - PHASE_KEYS
@@ -456,14 +452,25 @@ def run_recipe(recipe: dict[str, Any], workdir: Path) -> Path:
         )
         settings = {**phase["config"], "train_file": str(train), "output_dir": str(workdir / f"phase{number}")}
         if phase.get("base"):  # start from the mean of earlier phases' exports
-            base = average_exports([workdir / f"phase{n}" / "final" for n in phase["base"]], workdir / f"start{number}")
+            base = average_exports(_finals(workdir, phase["base"]), workdir / f"start{number}")
         if base is not None:
             settings["base_model"] = str(base)
         base = train_sft(SFTConfig.model_validate(settings))
     assert base is not None
-    if recipe.get("average"):  # the mean of the listed phases' exports
-        base = average_exports([workdir / f"phase{n}" / "final" for n in recipe["average"]], workdir / "average")
+    if recipe.get("average"):
+        members = [
+            average_exports(_finals(workdir, member), workdir / f"average-part{i}")
+            if isinstance(member, list)
+            else _finals(workdir, [member])[0]
+            for i, member in enumerate(recipe["average"], start=1)
+        ]
+        base = average_exports(members, workdir / "average")
     return base
+
+
+def _finals(workdir: Path, phases: list[int]) -> list[Path]:
+    """The export directories of ``phases`` (numbers from 1) under ``workdir``."""
+    return [workdir / f"phase{n}" / "final" for n in phases]
 
 
 def evaluate(
@@ -508,9 +515,8 @@ def main(argv: list[str] | None = None) -> int:
     scores = evaluate(final, heldout)
     (final / "heldout_scores.json").write_text(json.dumps(scores, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(scores, indent=2))
-    if args.install:
-        shutil.rmtree(DEMO_MODEL_DIR, ignore_errors=True)
-        shutil.copytree(final, DEMO_MODEL_DIR)
+    if args.install:  # the model's files replace the shipped ones; its README stays
+        shutil.copytree(final, DEMO_MODEL_DIR, dirs_exist_ok=True)
         print(f"Installed at {DEMO_MODEL_DIR}")
     return 0
 
