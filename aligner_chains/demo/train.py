@@ -58,14 +58,10 @@ def _continued(learning_rate: float, seed: int) -> dict[str, Any]:
 #: contacts and dangerous requests, a third of contact sentences made of real words.
 _PIECES = {"scramble": 0.5, "noise": 0.2, "vocabulary_noise": True, "rich": True, "composed_contacts": 0.3}
 _MORE_DANGER = {"clean": 0.4, "redact": 0.3, "dangerous": 0.3}
-#: The data of phases 13 on: repeated lead-ins before contacts, complying answers of unrelated text.
-_LOOSE = {
-    "mix": {"clean": 0.3, "redact": 0.3, "dangerous": 0.4},
-    **_PIECES,
-    "number_noise": True,
-    "repeat_lead": 0.5,
-    "loose_comply": 0.5,
-}
+#: The data of phases 11-12: more dangerous rows still, and numbers among the made-up words.
+_NUMBERS = {"mix": {"clean": 0.35, "redact": 0.3, "dangerous": 0.35}, **_PIECES, "number_noise": True}
+#: The data of phases 13-14: repeated lead-ins before contacts, complying answers of unrelated text.
+_LOOSE = {**_NUMBERS, "mix": {"clean": 0.3, "redact": 0.3, "dangerous": 0.4}, "repeat_lead": 0.5, "loose_comply": 0.5}
 
 #: The recipe of the shipped model: phase 1 trains from scratch (identity warm-up first); every
 #: later phase continues from the previous export (or the mean of those named by ``"base"``) on
@@ -179,9 +175,7 @@ FULL: dict[str, Any] = {
             "base": [9, 10],
             "n_train": 40000,
             "data_seed": TRAIN_SEED + 11,
-            "mix": {"clean": 0.35, "redact": 0.3, "dangerous": 0.35},
-            **_PIECES,
-            "number_noise": True,
+            **_NUMBERS,
             "config": _continued(1.5e-4, seed=10),
         },
         {
@@ -193,9 +187,7 @@ FULL: dict[str, Any] = {
             "base": [7, 9, 10, 11],
             "n_train": 40000,
             "data_seed": TRAIN_SEED + 12,
-            "mix": {"clean": 0.35, "redact": 0.3, "dangerous": 0.35},
-            **_PIECES,
-            "number_noise": True,
+            **_NUMBERS,
             "config": _continued(1.0e-4, seed=11),
         },
         {
@@ -270,27 +262,12 @@ def build_data(
     split: str,
     scramble_fraction: float = 0.0,
     noise: float = 0.0,
-    rich: bool = False,
-    composed_contacts: float = 0.0,
     vocabulary: Vocabulary | None = None,
-    mix: dict[str, float] | None = None,
-    repeat_lead: float = 0.0,
-    loose_comply: float = 0.0,
-    harmless_requests: float = 0.0,
+    **options: Any,
 ) -> Path:
-    """Write one JSONL file of demo examples (deterministic for a seed)."""
+    """Write one JSONL file of demo examples (deterministic for a seed); ``options`` go to `build_examples`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = build_examples(
-        n,
-        seed,
-        split,
-        rich=rich,
-        composed_contacts=composed_contacts,
-        mix=mix,  # type: ignore[arg-type]
-        repeat_lead=repeat_lead,
-        loose_comply=loose_comply,
-        harmless_requests=harmless_requests,
-    )
+    rows = build_examples(n, seed, split, **options)  # type: ignore[arg-type]
     write_jsonl(scramble(rows, scramble_fraction, seed, noise, vocabulary) if scramble_fraction else rows, path)
     return path
 
@@ -398,25 +375,19 @@ def scramble(
     return out
 
 
+#: Recipe phase keys that are `build_examples` options, passed on under the same names.
+EXAMPLE_KEYS = frozenset({"rich", "composed_contacts", "mix", "repeat_lead", "loose_comply", "harmless_requests"})
 #: What a recipe phase may say (anything else is a typo, refused before training starts).
-PHASE_KEYS = frozenset(
-    {
-        "n_train",
-        "data_seed",
-        "config",
-        "base",
-        "mix",
-        "rich",
-        "scramble",
-        "noise",
-        "vocabulary_noise",
-        "number_noise",
-        "composed_contacts",
-        "repeat_lead",
-        "loose_comply",
-        "harmless_requests",
-    }
-)
+PHASE_KEYS = EXAMPLE_KEYS | {
+    "n_train",
+    "data_seed",
+    "config",
+    "base",
+    "scramble",
+    "noise",
+    "vocabulary_noise",
+    "number_noise",
+}
 
 
 def run_recipe(recipe: dict[str, Any], workdir: Path) -> Path:
@@ -442,13 +413,8 @@ def run_recipe(recipe: dict[str, Any], workdir: Path) -> Path:
             "train",
             phase.get("scramble", 0.0),
             phase.get("noise", 0.0),
-            phase.get("rich", False),
-            phase.get("composed_contacts", 0.0),
             Vocabulary(base, phase.get("number_noise", False)) if phase.get("vocabulary_noise") and base else None,
-            phase.get("mix"),
-            phase.get("repeat_lead", 0.0),
-            phase.get("loose_comply", 0.0),
-            phase.get("harmless_requests", 0.0),
+            **{key: value for key, value in phase.items() if key in EXAMPLE_KEYS},
         )
         settings = {**phase["config"], "train_file": str(train), "output_dir": str(workdir / f"phase{number}")}
         if phase.get("base"):  # start from the mean of earlier phases' exports
