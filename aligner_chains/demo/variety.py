@@ -20,6 +20,8 @@ __all__ = [
     "comply_answer",
     "contact_sentence",
     "danger_question",
+    "harmless_request",
+    "loose_comply_answer",
     "noise_word",
     "random_email",
     "random_phone",
