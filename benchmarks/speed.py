@@ -148,7 +148,7 @@ def hf_generate(aligner: Aligner, pairs: list[tuple[str, str]], batch_size: int,
 
 
 def bench_decoding(model: str, n: int, batch_sizes: tuple[int, ...]) -> list[dict[str, Any]]:
-    from aligner_chains.demo.dataset import build_examples
+    from cookbook.demo_aligner.dataset import build_examples
 
     rows = build_examples(n, 1, "heldout")
     pairs = [(r["question"], r["answer"]) for r in rows]
@@ -188,7 +188,7 @@ async def _concurrent(aligner: Aligner, pairs: list[tuple[str, str]]) -> float:
 
 def bench_micro_batching(model: str, n: int, batch_sizes: tuple[int, ...] = (16, 32)) -> dict[str, Any]:
     """Wall time of ``n`` concurrent `acorrect` calls, micro-batched, against the same calls one at a time."""
-    from aligner_chains.demo.dataset import build_examples
+    from cookbook.demo_aligner.dataset import build_examples
 
     pairs = [(r["question"], r["answer"]) for r in build_examples(n, 7, "heldout")]
     times: dict[str, float] = {}

@@ -138,7 +138,7 @@ demo_only = pytest.mark.skipif(not (DEMO_MODEL_DIR / "config.json").is_file(), r
 @demo_only
 @pytest.mark.parametrize("batch_size", [1, 8])
 def test_demo_aligner_identical_with_fewer_passes(batch_size: int) -> None:
-    from aligner_chains.demo.dataset import build_examples
+    from cookbook.demo_aligner.dataset import build_examples
 
     rows = build_examples(8, seed=5, split="heldout")
     pairs = [(r["question"], r["answer"]) for r in rows]

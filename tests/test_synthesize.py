@@ -14,7 +14,6 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 
 from aligner_chains.core.errors import ConfigError, DataError
-from aligner_chains.demo.dataset import REFUSALS, redact
 from aligner_chains.evaluate.testing import FunctionChatModel
 from aligner_chains.synthesize import (
     CorrectionPrompt,
@@ -25,6 +24,7 @@ from aligner_chains.synthesize import (
     sidecar,
     synthesize,
 )
+from cookbook.demo_aligner.dataset import REFUSALS, redact
 
 QUESTIONS = [
     "How do I reach Ann?",
@@ -334,7 +334,7 @@ def test_filters() -> None:
 # ------------------------------------------------------------------------------------ CLI
 
 MODELS_MODULE = """
-from aligner_chains.demo.dataset import redact
+from cookbook.demo_aligner.dataset import redact
 from aligner_chains.evaluate.testing import FunctionChatModel
 
 

@@ -2,10 +2,10 @@
 
 Not used at run time; kept so the slices are reproducible::
 
-    python -m aligner_chains.demo.extract_sources \\
+    python -m cookbook.demo_aligner.extract_sources \\
         --alpaca ../shared/data/alpaca_eval-aligner-2b-gpt-4-turbo.json \\
         --hh ../shared/data/hh-rlhf-harmless-base-test.jsonl.gz \\
-        --out aligner_chains/demo/sources
+        --out cookbook/demo_aligner/sources
 
 Outputs (``SPLIT`` is ``train`` or ``heldout``):
 
@@ -33,7 +33,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from aligner_chains.demo.dataset import EMAIL_RE, PHONE_RE
+from cookbook.demo_aligner.dataset import EMAIL_RE, PHONE_RE
 
 MIN_WORDS, MAX_WORDS = 4, 30
 MAX_QUESTION_WORDS = 20

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from aligner_chains.core.loading import DEMO_MODEL_DIR
-from aligner_chains.demo.dataset import build_examples, find_contacts, redact
-from aligner_chains.demo.train import FULL, PHASE_KEYS, SHORT, Vocabulary, run_recipe, scramble
+from aligner_chains.demo import DEMO_MODEL_DIR
+from cookbook.demo_aligner.dataset import build_examples, find_contacts, redact
+from cookbook.demo_aligner.train import FULL, PHASE_KEYS, SHORT, Vocabulary, run_recipe, scramble
 
 
 def test_scramble_keeps_contacts_whole_and_recomputes_the_correction() -> None:

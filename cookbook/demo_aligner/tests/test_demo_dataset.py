@@ -1,4 +1,4 @@
-"""Tests for the demo Aligner dataset builder (reads only the package's own sources/)."""
+"""Tests for the demo Aligner dataset builder (reads only the recipe's own sources/)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from aligner_chains.demo import dataset as ds
-from aligner_chains.demo import variety
+from cookbook.demo_aligner import dataset as ds
+from cookbook.demo_aligner import variety
 
 N = 2000
 

@@ -1,6 +1,6 @@
 """Generated variety for the demo's training split: contacts, dangerous requests and noise words.
 
-The fixed template pools in :mod:`aligner_chains.demo.dataset` are small, so a model trained on
+The fixed template pools in :mod:`cookbook.demo_aligner.dataset` are small, so a model trained on
 them alone learns the templates instead of the skills (held-out refusals 0 %). These generators
 compose questions, answers, phone formats and e-mail addresses from parts, so the model has to key
 on what matters: danger words in the question, a complying answer, where a contact starts and ends.

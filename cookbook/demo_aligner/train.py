@@ -1,8 +1,8 @@
 """Reproduce the shipped demo Aligner: build its data, train it with `train_sft`, score it, install it.
 
-    python -m aligner_chains.demo.train --workdir runs/demo --install  # full recipe (2 CPU cores: ~5 h)
-    python -m aligner_chains.demo.train --workdir runs/demo --short    # a seconds-long smoke version
-    python -m aligner_chains.demo.train --evaluate aligner_chains/demo/model
+    python -m cookbook.demo_aligner.train --workdir runs/demo --install  # full recipe (2 CPU cores: ~5 h)
+    python -m cookbook.demo_aligner.train --workdir runs/demo --short    # a seconds-long smoke version
+    python -m cookbook.demo_aligner.train --evaluate aligner_chains/demo/model
 
 The held-out set is built with another seed from disjoint base texts and contact pools.
 """
@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aligner_chains.core.loading import DEMO_MODEL_DIR
-from aligner_chains.demo.dataset import build_examples, find_contacts, redact, score_demo, write_jsonl
-from aligner_chains.demo.variety import noise_word
+from aligner_chains.demo import DEMO_MODEL_DIR
 from aligner_chains.finetune.average import average_exports
 from aligner_chains.finetune.config import SFTConfig
 from aligner_chains.finetune.sft import train_sft
+from cookbook.demo_aligner.dataset import build_examples, find_contacts, redact, score_demo, write_jsonl
+from cookbook.demo_aligner.variety import noise_word
 
 TRAIN_SEED, HELDOUT_SEED, VALIDATION_SEED = 0, 1, 2
 

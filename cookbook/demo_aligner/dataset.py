@@ -23,7 +23,7 @@ pools, so it measures generalisation rather than memorisation.
 
 Usage::
 
-    python -m aligner_chains.demo.dataset --n 20000 --seed 0 --split train \\
+    python -m cookbook.demo_aligner.dataset --n 20000 --seed 0 --split train \\
         --out data/train.jsonl
 """
 
@@ -42,7 +42,7 @@ from functools import lru_cache, partial
 from pathlib import Path
 from typing import Literal
 
-from aligner_chains.demo import variety
+from cookbook.demo_aligner import variety
 
 __all__ = [
     "EMAIL_RE",
@@ -1356,7 +1356,7 @@ def build_examples(
     """Build ``n`` demo examples for ``split``, deterministic given ``seed``.
 
     ``rich`` (train split only) adds the composed contacts, dangerous requests and answers of
-    :mod:`aligner_chains.demo.variety` to the fixed pools. ``composed_contacts`` (train split only)
+    :mod:`cookbook.demo_aligner.variety` to the fixed pools. ``composed_contacts`` (train split only)
     is the share of contact sentences built from real words around the contacts instead of templates.
     ``mix`` (train split only) replaces the shares of ``clean``, ``redact`` and ``dangerous`` rows
     (:data:`MIX`). ``repeat_lead`` (train split only) is the share of composed contacts whose lead-in
