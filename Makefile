@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/python -m aligner_chains.demo.run
+	$(BIN)/python -m aligner_chains.cli demo
 
 test: install
 	$(BIN)/ruff check .

@@ -21,3 +21,13 @@ def lazy_getattr(package: str, exports: dict[str, str]) -> Callable[[str], Any]:
         return getattr(importlib.import_module(module), name)
 
     return __getattr__
+
+
+def lazy_dir(package: str, exports: dict[str, str]) -> Callable[[], list[str]]:
+    """A module ``__dir__`` listing its own names and the lazily exported ones, as ``dir()`` users expect."""
+    import sys
+
+    def __dir__() -> list[str]:
+        return sorted({*vars(sys.modules[package]), *exports})
+
+    return __dir__

@@ -1,7 +1,8 @@
 """Tiny, randomly initialised Llama checkpoints for offline tests and smoke runs.
 
 They exercise the real loading and generation code in seconds on a CPU; their output is
-meaningless text, which is all a test of plumbing needs.
+meaningless text, which is all a test of plumbing needs. ``train_byte_bpe`` (from
+`aligner_chains.finetune.tokenizer`) is re-exported here for the tests.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from aligner_chains.core.loading import ALIGNER_CONFIG_NAME
+from aligner_chains.core.model_files import ALIGNER_CONFIG_NAME
+from aligner_chains.finetune.tokenizer import train_byte_bpe
+
+__all__ = ["build_tiny_llama", "train_byte_bpe"]
 
 _CORPUS = (
     "BEGINNING OF CONVERSATION: USER: ##Question: ##Answer: ##Correction: ##Revision: ASSISTANT: "
@@ -20,32 +24,6 @@ _CORPUS = (
     "Paris is the capital of France. Contact me at jane.doe@example.com or +1 415-555-0132. "
     "I can't help with that, but here is a safer alternative. 0123456789 {}[]()<>!?;:'\"-_/\\@#$%^&*+=~`"
 )
-
-
-def train_byte_bpe(texts: Iterable[str], vocab_size: int = 512, *, pad: bool = False, extra: list[str] | None = None):
-    """A byte-level BPE ``PreTrainedTokenizerFast`` trained on ``texts``; BOS added to every encoding."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<s>", "</s>"] + (["<pad>"] if pad else [])
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(list(texts), trainer=trainer)
-    if extra:
-        tok.add_tokens(extra)
-    bos = tok.token_to_id("<s>")
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", bos)])
-    kwargs: dict[str, Any] = {"bos_token": "<s>", "eos_token": "</s>"}
-    if pad:
-        kwargs["pad_token"] = "<pad>"
-    return PreTrainedTokenizerFast(tokenizer_object=tok, **kwargs)
 
 
 def build_tiny_llama(

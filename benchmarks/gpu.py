@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from aligner_chains.core.engine import GenerationParams
-from aligner_chains.core.speculative import CopyAwareSpeculative
+from aligner_chains.backends.local.speculative import CopyAwareSpeculative
+from aligner_chains.core.generation import GenerationParams
 from benchmarks.results import now, write_section
 
 #: Llama 3.2 1B's shape (1.24B parameters with tied embeddings).

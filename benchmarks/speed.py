@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
+from aligner_chains.backends.local.speculative import CopyAwareSpeculative, _Row
 from aligner_chains.core.aligner import Aligner
-from aligner_chains.core.speculative import CopyAwareSpeculative, _Row
 from benchmarks.results import machine, now, write_section
 
 ROOT = Path(__file__).resolve().parents[1]

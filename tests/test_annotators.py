@@ -19,7 +19,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import Field, PrivateAttr
 
 from aligner_chains import Aligner, ConfigError
-from aligner_chains.core.engine import Backend, GenerationOutput
+from aligner_chains.core.generation import Backend, GenerationOutput
 from aligner_chains.finetune import (
     AlignerAnnotator,
     AnnotatorSettings,

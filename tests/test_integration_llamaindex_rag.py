@@ -35,7 +35,7 @@ def index(embed_model: LocalSentenceEmbedding):
 
 
 def test_real_embeddings_retrieve_the_right_document(index) -> None:
-    from aligner_chains.llama_index.testing import ExtractiveLLM
+    from aligner_chains.llama_index.offline import ExtractiveLLM
 
     engine = app.build_query_engine(index, llm=ExtractiveLLM(), correct_chunks=False, correct_answer=False)
     response = engine.query(SUPPORT_Q)
@@ -46,7 +46,7 @@ def test_real_embeddings_retrieve_the_right_document(index) -> None:
 
 
 def test_pipeline_with_both_aligner_stages(index, tiny_aligner: Aligner) -> None:
-    from aligner_chains.llama_index.testing import ExtractiveLLM
+    from aligner_chains.llama_index.offline import ExtractiveLLM
 
     engine = app.build_query_engine(index, llm=ExtractiveLLM(), aligner=tiny_aligner, on_error="passthrough")
     response = engine.query(SUPPORT_Q)

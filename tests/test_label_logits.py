@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aligner_chains.core.forward import forward_parameters
+from aligner_chains.backends.local.forward import forward_parameters
 from aligner_chains.finetune.data import IGNORE_INDEX
 from aligner_chains.finetune.logprobs import label_logits, sequence_logps
 

@@ -17,9 +17,8 @@ from langchain_core.runnables import ConfigurableField, RunnableLambda, Runnable
 
 import aligner_chains
 from aligner_chains import Aligner, ModelNotFoundError
-from aligner_chains.core.engine import HFGenerate
+from aligner_chains.backends.local.strategy import HFGenerate
 from aligner_chains.langchain import DIFF_EVENT, AlignerRunnable
-from aligner_chains.langchain.runnable import DEFAULT_MODEL
 from aligner_chains.langchain.testing import ScriptedChatModel
 
 Q = "What is the capital of France?"
@@ -85,13 +84,23 @@ def failing_aligner(model_dir: Path, failures: int = 10**9) -> Aligner:
 def test_lazy_exports_and_lazy_loading(monkeypatch: pytest.MonkeyPatch) -> None:
     assert aligner_chains.AlignerRunnable is AlignerRunnable
     assert aligner_chains.AlignedChatModel.__name__ == "AlignedChatModel"
+    import aligner_chains.langchain as adapter
+
+    assert set(adapter.__all__) <= set(dir(adapter))  # the lazy AlignerMiddleware too
     calls: list[Any] = []
     monkeypatch.setattr("aligner_chains.langchain.runnable.resolve_aligner", lambda *a, **k: calls.append((a, k)))
     runnable = AlignerRunnable()
     assert runnable.model is None and not calls  # nothing loads at construction
     runnable.get_aligner()
-    assert calls == [((None,), {"default": DEFAULT_MODEL})]
-    assert DEFAULT_MODEL == "aligner/aligner-7b-v1.0"
+    assert calls == [((None,), {})]  # None goes to the core's one default-model rule
+
+
+def test_default_model_is_the_core_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ALIGNER_MODEL", raising=False)
+    assert AlignerRunnable().model_name == "demo"
+    monkeypatch.setenv("ALIGNER_MODEL", "my/aligner")
+    assert AlignerRunnable().model_name == "my/aligner"  # read when asked, not at import
+    assert AlignerRunnable("demo").model_name == "demo"
 
 
 def test_options_pass_through_to_loading(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,7 +111,6 @@ def test_options_pass_through_to_loading(monkeypatch: pytest.MonkeyPatch) -> Non
         (
             ("demo",),
             {
-                "default": DEFAULT_MODEL,
                 "template": "aligner-v1",
                 "device": "cpu",
                 "dtype": "float32",
@@ -407,7 +415,7 @@ def test_configurable_fields_do_not_reload_weights(tiny_model_dir: Path, monkeyp
     base = AlignerRunnable(str(tiny_model_dir), max_new_tokens=8)
     base.invoke(A)  # warm the shared cache
     loads: list[Any] = []
-    import aligner_chains.core.loading as loading
+    import aligner_chains.backends.local.loading as loading
 
     original = loading._load_uncached
     monkeypatch.setattr(loading, "_load_uncached", lambda *a, **k: loads.append(a) or original(*a, **k))

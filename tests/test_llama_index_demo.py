@@ -7,9 +7,9 @@ from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.embeddings import MockEmbedding
 
 from aligner_chains import Aligner
-from aligner_chains.core.loading import DEMO_MODEL_DIR
+from aligner_chains.demo import DEMO_MODEL_DIR
 from aligner_chains.llama_index import AlignerNodePostprocessor, AlignerQueryEngine
-from aligner_chains.llama_index.testing import ExtractiveLLM
+from aligner_chains.llama_index.offline import ExtractiveLLM
 
 CONTACT = "To reach support, e-mail helpdesk@northwind-example.com or call +1 415-555-0132."
 CLEAN = "Paris is the capital of France."

@@ -21,7 +21,7 @@ from aligner_chains.llama_index import (
     AlignerNodePostprocessor,
     AlignerQueryEngine,
 )
-from aligner_chains.llama_index.testing import ExtractiveLLM
+from aligner_chains.llama_index.offline import ExtractiveLLM
 
 DOCS = ["Paris is the capital of France.", "Support answers mail sent to jane.doe@example.com on weekdays."]
 QUERY = "What is the capital of France?"

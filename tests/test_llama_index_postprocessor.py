@@ -13,7 +13,7 @@ from llama_index.core.schema import MetadataMode, NodeRelationship, NodeWithScor
 
 from aligner_chains import Aligner, ConfigError, InputTooLongError
 from aligner_chains.llama_index import AlignerNodePostprocessor
-from aligner_chains.llama_index.testing import ExtractiveLLM
+from aligner_chains.llama_index.offline import ExtractiveLLM
 
 QUERY = "How do I reach support?"
 TEXTS = {

@@ -20,7 +20,7 @@ from llama_index.core.schema import QueryBundle
 
 from aligner_chains import Aligner, InputTooLongError
 from aligner_chains.llama_index import AlignerNodePostprocessor, AlignerQueryEngine
-from aligner_chains.llama_index.testing import ExtractiveLLM
+from aligner_chains.llama_index.offline import ExtractiveLLM
 
 DOCS = [
     "Paris is the capital of France.",
@@ -212,3 +212,15 @@ def test_retrieve_and_synthesize_delegate(index: VectorStoreIndex, tiny_aligner:
     assert response.metadata["aligner"]["original"] == DOCS[4]
     assert "query_engine" in engine._get_prompt_modules()
     assert any(k.startswith("query_engine:") for k in engine.get_prompts())
+
+
+def test_default_model_is_the_core_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple] = []
+    monkeypatch.setattr("aligner_chains.llama_index.lazy.resolve_aligner", lambda *a, **k: calls.append((a, k)))
+    monkeypatch.setenv("ALIGNER_MODEL", "my/aligner")
+    engine = AlignerQueryEngine(FixedAnswerEngine(answer="x"))
+    assert "'my/aligner'" in repr(engine)  # read when asked, not at import
+    monkeypatch.delenv("ALIGNER_MODEL")
+    assert "'demo'" in repr(engine)
+    engine.get_aligner()
+    assert calls == [((None,), {})]  # None goes to the core's one default-model rule

@@ -10,7 +10,7 @@ from llama_index.core.workflow import Context, Event, StartEvent, StopEvent, Wor
 
 from aligner_chains import Aligner, ConfigError, InputTooLongError
 from aligner_chains.llama_index import AlignerCorrectEvent, AlignerCorrectionStep, AlignerWorkflow
-from aligner_chains.llama_index.testing import ExtractiveLLM
+from aligner_chains.llama_index.offline import ExtractiveLLM
 
 ANSWER = "Mail jane.doe@example.com or call +1 415-555-0132."
 DOCS = ["Paris is the capital of France.", "Bake the bread for forty minutes."]

@@ -17,7 +17,7 @@ from aligner_chains import (
     TemplateError,
     load_model,
 )
-from aligner_chains.core.loading import LoadOptions, cached_model_count, resolve_device, resolve_dtype
+from aligner_chains.backends.local.loading import LoadOptions, cached_model_count, resolve_device, resolve_dtype
 
 
 def test_cache_shares_one_model_per_key(tiny_model_dir: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from aligner_chains import Aligner
 from aligner_chains.core.batching import MicroBatcher
-from aligner_chains.core.engine import Backend, GenerationOutput, GenerationParams
+from aligner_chains.core.generation import Backend, GenerationOutput, GenerationParams
 
 
 class EchoBackend(Backend):

@@ -23,9 +23,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.testclient import TestClient
 
 from aligner_chains import Aligner, AlignerError, InputTooLongError, TemplateError
-from aligner_chains.core.engine import GenerationParams
-from aligner_chains.core.errors import ConfigError
-from aligner_chains.core.remote import BackendError, BackendTimeoutError, RemoteBackend, estimate_tokens
+from aligner_chains.backends.remote.client import RemoteBackend
+from aligner_chains.backends.remote.protocol import estimate_tokens
+from aligner_chains.core.errors import BackendError, BackendTimeoutError, ConfigError
+from aligner_chains.core.generation import GenerationParams
 from aligner_chains.server import ServerThread, create_app
 from aligner_chains.server.testing import closed_port
 
@@ -223,7 +224,7 @@ def test_retries_with_backoff_on_429_and_5xx(caplog: pytest.LogCaptureFixture) -
         http_client=TestClient(_fake_completions(script, calls)),
     )
     aligner = Aligner(backend, "aligner-v2", generation={"max_new_tokens": 5})
-    with caplog.at_level(logging.INFO, logger="aligner_chains.core.remote"):
+    with caplog.at_level(logging.INFO, logger="aligner_chains.backends.remote"):
         result = aligner.correct("q", "an answer")
     assert len(calls) == 3
     assert "retrying" in caplog.text
@@ -379,7 +380,7 @@ def test_request_body_greedy_sampling_and_extras() -> None:
 
 
 def test_vllm_style_context_errors_are_parsed() -> None:
-    from aligner_chains.core.remote import _context_numbers, _is_context_error
+    from aligner_chains.backends.remote.protocol import context_numbers, is_context_error
 
     old = (
         "This model's maximum context length is 4096 tokens. However, you requested 5048 tokens "
@@ -391,9 +392,9 @@ def test_vllm_style_context_errors_are_parsed() -> None:
     )
     for message in (old, new):
         payload = {"object": "error", "message": message, "type": "BadRequestError", "code": 400}
-        assert _is_context_error(payload, message)
-        assert _context_numbers(payload, message) == {"context": 4096, "prompt_tokens": 3000, "max_new_tokens": 2048}
-    assert not _is_context_error({"error": {"message": "bad temperature"}}, "bad temperature")
+        assert is_context_error(payload, message)
+        assert context_numbers(payload, message) == {"context": 4096, "prompt_tokens": 3000, "max_new_tokens": 2048}
+    assert not is_context_error({"error": {"message": "bad temperature"}}, "bad temperature")
 
 
 def test_concurrency_is_bounded() -> None:

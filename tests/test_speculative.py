@@ -7,9 +7,10 @@ import torch
 from transformers import DynamicCache
 
 from aligner_chains import Aligner, GenerationParams
-from aligner_chains.core.engine import DecodingStrategy, HFGenerate
-from aligner_chains.core.loading import DEMO_MODEL_DIR, load_model
-from aligner_chains.core.speculative import CopyAwareSpeculative, _joinable, _Row, block_width, length_groups
+from aligner_chains.backends.local.loading import load_model
+from aligner_chains.backends.local.speculative import CopyAwareSpeculative, _joinable, _Row, block_width, length_groups
+from aligner_chains.backends.local.strategy import DecodingStrategy, HFGenerate
+from aligner_chains.demo import DEMO_MODEL_DIR
 
 PAIRS = [
     ("What is it?", "The quick brown fox jumps over the lazy dog."),

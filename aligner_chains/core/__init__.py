@@ -1,16 +1,14 @@
-"""Framework-free core: templates, loading, generation engine, result type and errors."""
+"""Framework-free core: the `Aligner` facade, templates, `Correction`, errors and micro-batching.
 
-from aligner_chains.core.aligner import Aligner
-from aligner_chains.core.engine import (
-    Backend,
-    DecodingStrategy,
-    GenerationOutput,
-    GenerationParams,
-    HFGenerate,
-    LocalBackend,
-)
+Nothing here imports torch, transformers, LangChain, LlamaIndex or an HTTP client; the backends
+that run models live in ``aligner_chains.backends``.
+"""
+
+from aligner_chains.core.aligner import LOADING_OPTIONS, Aligner, resolve_aligner
 from aligner_chains.core.errors import (
     AlignerError,
+    BackendError,
+    BackendTimeoutError,
     CheckpointError,
     ConfigError,
     DataError,
@@ -20,34 +18,35 @@ from aligner_chains.core.errors import (
     ModelNotFoundError,
     TemplateError,
 )
-from aligner_chains.core.loading import LoadOptions, clear_model_cache, load_model
+from aligner_chains.core.generation import Backend, GenerationOutput, GenerationParams
+from aligner_chains.core.model_files import DEFAULT_MODEL_ENV, default_model
 from aligner_chains.core.result import Correction, Edit
 from aligner_chains.core.templates import Template, get_template, list_templates, register_template
 
 __all__ = [
+    "DEFAULT_MODEL_ENV",
+    "LOADING_OPTIONS",
     "Aligner",
     "AlignerError",
     "Backend",
+    "BackendError",
+    "BackendTimeoutError",
     "CheckpointError",
     "ConfigError",
     "Correction",
     "DataError",
-    "DecodingStrategy",
     "Edit",
     "GenerationOutput",
     "GenerationParams",
-    "HFGenerate",
     "InputTooLongError",
-    "LoadOptions",
-    "LocalBackend",
     "MissingDependencyError",
     "MissingQuestionError",
     "ModelNotFoundError",
     "Template",
     "TemplateError",
-    "clear_model_cache",
+    "default_model",
     "get_template",
     "list_templates",
-    "load_model",
     "register_template",
+    "resolve_aligner",
 ]

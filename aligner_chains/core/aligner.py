@@ -8,22 +8,17 @@ import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from aligner_chains.core.batching import default_batcher, run_batch
-from aligner_chains.core.engine import (
-    DEFAULT_MAX_NEW_TOKENS,
-    Backend,
-    DecodingStrategy,
-    GenerationOutput,
-    GenerationParams,
-    HFGenerate,
-    LocalBackend,
-)
 from aligner_chains.core.errors import ConfigError, InputTooLongError, TemplateError
-from aligner_chains.core.loading import LoadOptions, Quantization, load_model
+from aligner_chains.core.generation import DEFAULT_MAX_NEW_TOKENS, Backend, GenerationOutput, GenerationParams
+from aligner_chains.core.model_files import default_model
 from aligner_chains.core.result import Correction
 from aligner_chains.core.templates import DEFAULT_TEMPLATE, Template, get_template, template_for_model
+
+if TYPE_CHECKING:  # the local backend (torch, transformers) is imported only by from_pretrained
+    from aligner_chains.backends.local import DecodingStrategy, Quantization
 
 Overflow = Literal["raise", "truncate_question"]
 OnError = Literal["raise", "passthrough"]
@@ -78,7 +73,7 @@ class Aligner:
     @classmethod
     def from_pretrained(
         cls,
-        model: str = "demo",
+        model: str | None = None,
         *,
         template: str | Template | None = None,
         device: str = "auto",
@@ -100,6 +95,9 @@ class Aligner:
     ) -> Aligner:
         """Load an Aligner from a local path, ``"demo"`` or a hub id (through the shared model cache).
 
+        ``model=None`` takes the default model: ``$ALIGNER_MODEL`` if set, else the shipped demo
+        (see `aligner_chains.core.model_files.default_model`).
+
         The template comes from ``template=``, else the checkpoint's ``aligner_config.json``, else
         the table of released checkpoints; otherwise a `TemplateError` asks for ``template=``.
         Remaining keyword arguments are generation settings (``max_new_tokens``, ``do_sample``, ...).
@@ -110,6 +108,9 @@ class Aligner:
         ``on_error="passthrough"`` turns a failed correction into the unchanged answer with
         ``finish_reason="error"`` and the reason in ``Correction.error``.
         """
+        from aligner_chains.backends.local import HFGenerate, LoadOptions, LocalBackend, load_model
+
+        model = default_model() if model is None else model
         options = LoadOptions(
             device=device,
             dtype=dtype,
@@ -167,11 +168,11 @@ class Aligner:
         results and errors are those of the local backend. ``model=None`` takes the server's only model;
         ``template=None`` takes it from ``tokenizer``'s ``aligner_config.json``, the server, or the released
         table. ``api_key`` defaults to ``$ALIGNER_API_KEY``. ``tokenizer=`` (a local path) gives exact token
-        counts without round trips. ``backend_options`` go to `aligner_chains.core.remote.RemoteBackend`
+        counts without round trips. ``backend_options`` go to `aligner_chains.backends.remote.RemoteBackend`
         (``stop``, ``headers``, ``token_counting``, ``http_client``, ...); other keyword arguments are
-        generation settings. HTTP failures raise ``aligner_chains.core.remote.BackendError``.
+        generation settings. HTTP failures raise `BackendError`.
         """
-        from aligner_chains.core.remote import RemoteBackend
+        from aligner_chains.backends.remote import RemoteBackend
 
         backend = RemoteBackend(
             base_url,
@@ -542,8 +543,11 @@ LOADING_OPTIONS = frozenset(
 )
 
 
-def resolve_aligner(aligner: Aligner | str | None = None, default: str = "demo", **options: Any) -> Aligner:
-    """An `Aligner` from what an adapter was given: an Aligner, a model path/hub id, or None (``default``).
+def resolve_aligner(aligner: Aligner | str | None = None, default: str | None = None, **options: Any) -> Aligner:
+    """An `Aligner` from what an adapter was given: an Aligner, a model path/hub id, or None.
+
+    None loads ``default``, or when that is None too the default model (`default_model`: ``$ALIGNER_MODEL``,
+    else the shipped demo).
 
     Options left at None are ignored. For a built Aligner, generation settings and ``on_error``
     apply to a copy sharing its weights; loading options (device, dtype, ...) cannot and raise.
@@ -560,7 +564,7 @@ def resolve_aligner(aligner: Aligner | str | None = None, default: str = "demo",
             )
         return aligner.with_options(on_error=on_error, **options) if (on_error or options) else aligner
     if aligner is None:
-        aligner = default
+        aligner = default if default is not None else default_model()
     if not isinstance(aligner, str):
         raise TypeError(f"aligner must be an Aligner, a model path/hub id or None, got {type(aligner).__name__}")
     return Aligner.from_pretrained(aligner, on_error=on_error or "raise", **options)

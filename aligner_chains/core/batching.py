@@ -9,7 +9,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from aligner_chains.core.engine import Backend, GenerationOutput, GenerationParams
+from aligner_chains.core.generation import Backend, GenerationOutput, GenerationParams
 
 
 @dataclass

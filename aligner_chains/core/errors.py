@@ -43,3 +43,16 @@ class DataError(AlignerError, ValueError):
 
 class MissingQuestionError(AlignerError, ValueError):
     """No question could be found for an answer (and the caller asked for an error)."""
+
+
+class BackendError(AlignerError):
+    """A generation server failed or refused a request (HTTP error, unreachable, bad reply)."""
+
+    def __init__(self, message: str, *, status_code: int | None = None, url: str | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.url = url
+
+
+class BackendTimeoutError(BackendError, TimeoutError):
+    """A generation server did not answer in time."""

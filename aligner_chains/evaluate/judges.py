@@ -27,7 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from aligner_chains.core.errors import ConfigError
-from aligner_chains.evaluate.jobs import check_format, is_async_callable, output_text, run_sync
+from aligner_chains.jobs import check_format, is_async_callable, output_text, run_sync
 
 __all__ = [
     "DEFAULT_SYSTEM_PROMPT",
@@ -331,14 +331,10 @@ class RewardModelJudge(Judge):
     ) -> None:
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
+        from aligner_chains.backends.local.loading import check_checkpoint, resolve_device, resolve_dtype
+        from aligner_chains.backends.tokenizers import load_tokenizer
         from aligner_chains.core.errors import CheckpointError
-        from aligner_chains.core.loading import (
-            check_checkpoint,
-            load_tokenizer,
-            resolve_device,
-            resolve_dtype,
-            resolve_model_path,
-        )
+        from aligner_chains.core.model_files import resolve_model_path
 
         if margin < 0:
             raise ConfigError(f"margin={margin!r}: use a score difference >= 0.")

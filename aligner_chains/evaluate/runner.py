@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from aligner_chains.core.errors import ConfigError, DataError
-from aligner_chains.evaluate.jobs import (
-    JobFailed,
-    JsonlLog,
-    RetryPolicy,
-    call_with_retries,
-    progress_bar,
-    run_bounded,
-    run_sync,
-)
-from aligner_chains.evaluate.jobs import stable_key as _stable_key
 from aligner_chains.evaluate.judges import Judge, Judgment, as_judge
 from aligner_chains.evaluate.report import EvalReport, ItemResult, build_report
+from aligner_chains.jobs import (
+    JobFailed,
+    JobLog,
+    Record,
+    RetryPolicy,
+    call_with_retries,
+    run_jobs,
+    run_sync,
+    stable_key,
+)
 
 __all__ = ["FIELD_ALIASES", "EvalItem", "aevaluate", "evaluate", "load_items"]
 
@@ -190,7 +191,7 @@ async def aevaluate(
             raise ConfigError(f"{name}={value!r}: use a positive whole number.")
     items = load_items(items)
     if aligner is not None and not hasattr(aligner, "acorrect_batch"):
-        from aligner_chains.core.aligner import resolve_aligner
+        from aligner_chains.core import resolve_aligner
 
         aligner = resolve_aligner(aligner)
     aligner_name = aligner.model_name if aligner is not None else None
@@ -203,146 +204,44 @@ async def aevaluate(
             )
 
     keys = [
-        _stable_key(item.id, item.question, item.original, None if aligner else item.corrected, aligner_name)
+        stable_key(item.id, item.question, item.original, None if aligner else item.corrected, aligner_name)
         for item in items
     ]
-    journal = JsonlLog(log) if log is not None else None
-    corrections: dict[str, dict[str, Any]] = {}
-    judgments: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for record in journal.read() if journal else []:
-        if "key" not in record:
-            continue
-        if record.get("type") == "correction":
-            corrections[record["key"]] = record
-        elif record.get("type") == "judgment":
-            judgments[(record["key"], record["dimension"], record["judge"])] = record
-
-    handle = journal.open() if journal else None
-
-    def keep(record: dict[str, Any]) -> None:
-        if record["type"] == "correction":
-            corrections[record["key"]] = record
-        else:
-            judgments[(record["key"], record["dimension"], record["judge"])] = record
-        if journal is not None:
-            journal.append(handle, record)
-
-    try:
-        first_of: dict[str, int] = {}  # identical items are corrected and judged once
-        for i, key in enumerate(keys):
-            first_of.setdefault(key, i)
-        # 1. corrections (local generation, batched), skipping those already in the log
+    first_of: dict[str, int] = {}  # identical items are corrected and judged once
+    for i, key in enumerate(keys):
+        first_of.setdefault(key, i)
+    with JobLog(log, _log_id) as journal:
         if aligner is not None:
-            todo = [i for k, i in first_of.items() if not _corrected_ok(corrections.get(k))]
-            done_before = len(first_of) - len(todo)
-            with progress_bar(len(first_of), done_before, unit="item", desc="correct", enabled=progress) as bar:
-                for start in range(0, len(todo), batch_size):
-                    chunk = todo[start : start + batch_size]
-                    pairs = [(items[i].question, items[i].original) for i in chunk]
-                    results = await aligner.acorrect_batch(pairs, batch_size=batch_size, on_error="passthrough")
-                    for i, c in zip(chunk, results, strict=True):
-                        keep(
-                            {
-                                "type": "correction",
-                                "key": keys[i],
-                                "corrected": c.corrected,
-                                "changed": c.changed,
-                                "finish_reason": c.finish_reason,
-                                "completion_tokens": c.completion_tokens,
-                                "error": c.error,
-                            }
-                        )
-                    bar.update(len(chunk))
-
-        def corrected_of(i: int) -> str | None:
-            if aligner is None:
-                return items[i].corrected
-            record = corrections.get(keys[i])
-            return record["corrected"] if _corrected_ok(record) else None
-
-        # 2. judgments, skipping those with a verdict or an unparseable reply in the log
-        def done(key: str, j: Judge) -> bool:
-            record = judgments.get((key, j.dimension, j.name))
-            return record is not None and record["status"] in ("ok", "unparseable")
-
-        pending = [(k, i, j) for k, i in first_of.items() if corrected_of(i) is not None for j in judges]
-        todo_jobs = [(k, i, j) for k, i, j in pending if not done(k, j)]
-
-        def job(key: str, i: int, j: Judge) -> Any:
-            item, corrected = items[i], corrected_of(i)
-
-            async def run() -> dict[str, Any]:
-                try:
-                    judgment, attempts = await call_with_retries(
-                        lambda: j.ajudge(item.question, item.original, corrected), policy
-                    )
-                except JobFailed as failed:
-                    judgment, attempts = Judgment(status="error", error=str(failed)), failed.attempts
-                if not isinstance(judgment, Judgment):
-                    judgment = Judgment(
-                        status="error", error=f"{j.name}.ajudge returned {type(judgment).__name__}, not a Judgment"
-                    )
-                return {
-                    "type": "judgment",
-                    "key": key,
-                    "dimension": j.dimension,
-                    "judge": j.name,
-                    **judgment.model_dump(mode="json"),
-                    "attempts": attempts,
-                }
-
-            return run
-
-        done_before = len(pending) - len(todo_jobs)
-        with progress_bar(len(pending), done_before, unit="judgment", desc="judge", enabled=progress) as bar:
-
-            def finished(record: dict[str, Any]) -> None:
-                keep(record)
-                bar.update(1)
-
-            await run_bounded([job(k, i, j) for k, i, j in todo_jobs], max_concurrency, finished)
-    finally:
-        if handle is not None:
-            handle.close()
+            await _correct_items(aligner, items, keys, first_of, journal, batch_size=batch_size, progress=progress)
+        corrected = [
+            item.corrected if aligner is None else _corrected_text(journal.get(("correction", key)))
+            for item, key in zip(items, keys, strict=True)
+        ]
+        # every (item, judge) once, skipping those with a verdict or an unparseable reply in the log
+        wanted = [(k, i, j) for k, i in first_of.items() if corrected[i] is not None for j in judges]
+        jobs = [
+            partial(_judge_item, j, policy, k, items[i], corrected[i])
+            for k, i, j in wanted
+            if (journal.get(_judgment_id(k, j)) or {}).get("status") not in ("ok", "unparseable")
+        ]
+        await run_jobs(
+            jobs,
+            journal,
+            max_concurrency=max_concurrency,
+            total=len(wanted),
+            done=len(wanted) - len(jobs),
+            unit="judgment",
+            desc="judge",
+            progress=progress,
+        )
 
     results: list[ItemResult] = []
     edit_pairs: list[tuple[str | None, str, str]] = []
     for i, item in enumerate(items):
-        corrected = corrected_of(i)
         group = item.group(group_by)
-        if corrected is not None:
-            edit_pairs.append((group, item.original, corrected))
-        for j in judges:
-            base = {
-                "index": i,
-                "key": keys[i],
-                "id": item.id,
-                "dimension": j.dimension,
-                "group": group,
-                "question": item.question,
-                "original": item.original,
-                "corrected": corrected,
-            }
-            if corrected is None:
-                error = corrections.get(keys[i], {}).get("error") or "not corrected"
-                results.append(ItemResult(**base, status="error", error=f"correction failed: {error}"))
-                continue
-            record = judgments.get((keys[i], j.dimension, j.name))
-            if record is None:
-                results.append(ItemResult(**base, status="error", error="not judged"))
-                continue
-            results.append(
-                ItemResult(
-                    **base,
-                    **{
-                        k: record.get(k)
-                        for k in ("verdict", "status", "consistent", "scores", "error")
-                        if record.get(k) is not None
-                    },
-                    replies=record.get("replies") or [],
-                    attempts=record.get("attempts", 0),
-                )
-            )
+        if corrected[i] is not None:
+            edit_pairs.append((group, item.original, corrected[i]))
+        results += [_item_result(i, keys[i], item, corrected[i], group, j, journal) for j in judges]
     return build_report(
         results,
         n_items=len(items),
@@ -357,5 +256,123 @@ async def aevaluate(
     )
 
 
-def _corrected_ok(record: dict[str, Any] | None) -> bool:
+def _log_id(record: Record) -> tuple[str, ...] | None:
+    """The job of a log record: ``("correction", key)`` or `_judgment_id`; None for anything else."""
+    if "key" not in record:
+        return None
+    if record.get("type") == "correction":
+        return ("correction", record["key"])
+    if record.get("type") == "judgment":
+        return ("judgment", record["key"], record["dimension"], record["judge"])
+    return None
+
+
+def _judgment_id(key: str, judge: Judge) -> tuple[str, ...]:
+    return ("judgment", key, judge.dimension, judge.name)
+
+
+def _corrected_ok(record: Record | None) -> bool:
     return record is not None and record.get("error") is None
+
+
+def _corrected_text(record: Record | None) -> str | None:
+    """The corrected answer of a correction record, None when there is none or it failed."""
+    return record["corrected"] if _corrected_ok(record) else None
+
+
+async def _correct_items(
+    aligner: Any,
+    items: list[EvalItem],
+    keys: list[str],
+    first_of: dict[str, int],
+    journal: JobLog,
+    *,
+    batch_size: int,
+    progress: bool,
+) -> None:
+    """Correct each distinct item the log has no correction for, one ``batch_size`` batch after another.
+
+    Local generation batches on one device, so the batches run in order, not concurrently.
+    """
+    todo = [i for k, i in first_of.items() if not _corrected_ok(journal.get(("correction", k)))]
+
+    async def correct(chunk: list[int]) -> list[Record]:
+        pairs = [(items[i].question, items[i].original) for i in chunk]
+        results = await aligner.acorrect_batch(pairs, batch_size=batch_size, on_error="passthrough")
+        return [
+            {
+                "type": "correction",
+                "key": keys[i],
+                "corrected": c.corrected,
+                "changed": c.changed,
+                "finish_reason": c.finish_reason,
+                "completion_tokens": c.completion_tokens,
+                "error": c.error,
+            }
+            for i, c in zip(chunk, results, strict=True)
+        ]
+
+    await run_jobs(
+        [partial(correct, todo[start : start + batch_size]) for start in range(0, len(todo), batch_size)],
+        journal,
+        max_concurrency=1,
+        total=len(first_of),
+        done=len(first_of) - len(todo),
+        unit="item",
+        desc="correct",
+        progress=progress,
+    )
+
+
+async def _judge_item(judge: Judge, policy: RetryPolicy, key: str, item: EvalItem, corrected: str) -> Record:
+    """One judgment record: the judge's verdict (retried per ``policy``), or the error it ended with."""
+    try:
+        judgment, attempts = await call_with_retries(
+            lambda: judge.ajudge(item.question, item.original, corrected), policy
+        )
+    except JobFailed as failed:
+        judgment, attempts = Judgment(status="error", error=str(failed)), failed.attempts
+    if not isinstance(judgment, Judgment):
+        judgment = Judgment(
+            status="error", error=f"{judge.name}.ajudge returned {type(judgment).__name__}, not a Judgment"
+        )
+    return {
+        "type": "judgment",
+        "key": key,
+        "dimension": judge.dimension,
+        "judge": judge.name,
+        **judgment.model_dump(mode="json"),
+        "attempts": attempts,
+    }
+
+
+def _item_result(
+    index: int, key: str, item: EvalItem, corrected: str | None, group: str | None, judge: Judge, journal: JobLog
+) -> ItemResult:
+    """An item's row of the report for one judge, from the log (an error row when it was not judged)."""
+    base = {
+        "index": index,
+        "key": key,
+        "id": item.id,
+        "dimension": judge.dimension,
+        "group": group,
+        "question": item.question,
+        "original": item.original,
+        "corrected": corrected,
+    }
+    if corrected is None:
+        error = (journal.get(("correction", key)) or {}).get("error") or "not corrected"
+        return ItemResult(**base, status="error", error=f"correction failed: {error}")
+    record = journal.get(_judgment_id(key, judge))
+    if record is None:
+        return ItemResult(**base, status="error", error="not judged")
+    return ItemResult(
+        **base,
+        **{
+            k: record.get(k)
+            for k in ("verdict", "status", "consistent", "scores", "error")
+            if record.get(k) is not None
+        },
+        replies=record.get("replies") or [],
+        attempts=record.get("attempts", 0),
+    )

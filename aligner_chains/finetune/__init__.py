@@ -3,7 +3,7 @@ and preference learning: offline DPO/IPO/SLiC, online AI feedback (OAIF) and Ali
 
 from __future__ import annotations
 
-from aligner_chains._lazy import lazy_getattr
+from aligner_chains._lazy import lazy_dir, lazy_getattr
 
 # Imported now: the function ``bootstrap`` must shadow its own module's name in this package.
 from aligner_chains.finetune.bootstrap import BootstrapResult as BootstrapResult
@@ -44,3 +44,4 @@ _EXPORTS = {
 }
 __all__ = sorted([*_EXPORTS, "BootstrapResult", "RoundStats", "bootstrap"])
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
+__dir__ = lazy_dir(__name__, _EXPORTS)

@@ -64,7 +64,8 @@ def generate_answers(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from aligner_chains.core.loading import resolve_device, resolve_model_path
+    from aligner_chains.backends.local.loading import resolve_device
+    from aligner_chains.core.model_files import resolve_model_path
     from aligner_chains.finetune.logprobs import sample_completions
 
     path = resolve_model_path(str(policy))

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from aligner_chains.core.forward import forward_parameters, position_ids_from_mask
+from aligner_chains.backends.local.forward import forward_parameters, position_ids_from_mask
 from aligner_chains.finetune.data import IGNORE_INDEX
 
 

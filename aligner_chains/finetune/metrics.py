@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from aligner_chains.core.loading import read_aligner_config, resolve_model_path
+from aligner_chains.core.model_files import read_aligner_config, resolve_model_path
 from aligner_chains.core.templates import Template, get_template
 
 METRICS_FILE = "metrics.jsonl"

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from aligner_chains.core.errors import ConfigError, MissingDependencyError
-from aligner_chains.core.loading import ALIGNER_CONFIG_NAME, resolve_model_path
+from aligner_chains.core.model_files import ALIGNER_CONFIG_NAME, resolve_model_path
 from aligner_chains.core.templates import BUILTIN_TEMPLATES, Template, get_template
 from aligner_chains.finetune.checkpoints import latest_checkpoint, save_checkpoint
 from aligner_chains.finetune.config import SFTConfig, load_config, parse_overrides, script_main
@@ -52,9 +52,9 @@ def build_tokenizer_and_model(config: SFTConfig, rows: list[dict[str, str]], acc
         tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=config.trust_remote_code)
         kwargs: dict[str, Any] = {"trust_remote_code": config.trust_remote_code, "use_safetensors": True}
         if config.quantization is not None:
-            from aligner_chains.core.loading import _quantization_config
+            from aligner_chains.backends.local.loading import quantization_config
 
-            kwargs["quantization_config"] = _quantization_config(config.quantization, torch.bfloat16)
+            kwargs["quantization_config"] = quantization_config(config.quantization, torch.bfloat16)
             kwargs["device_map"] = {"": accelerator.local_process_index}
         model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     else:
@@ -84,7 +84,7 @@ def build_tokenizer_and_model(config: SFTConfig, rows: list[dict[str, str]], acc
 def _scratch_tokenizer(config: SFTConfig, rows: list[dict[str, str]], accelerator: Any) -> Any:
     from transformers import AutoTokenizer
 
-    from aligner_chains.testing import train_byte_bpe
+    from aligner_chains.finetune.tokenizer import train_byte_bpe
 
     if config.tokenizer is not None:
         return AutoTokenizer.from_pretrained(config.tokenizer)

@@ -7,27 +7,23 @@ imported on first use.
 
 from __future__ import annotations
 
-from aligner_chains._lazy import lazy_getattr
+from aligner_chains._lazy import lazy_dir, lazy_getattr
 from aligner_chains.langchain.chat_model import AlignedChatModel
 from aligner_chains.langchain.question import QUESTION_METADATA_KEY, extract_question
-from aligner_chains.langchain.runnable import (
-    DEFAULT_MODEL,
-    DIFF_EVENT,
-    AlignedChain,
-    AlignerRunnable,
-    MissingQuestionError,
-)
+from aligner_chains.langchain.runnable import DIFF_EVENT, AlignedChain, AlignerRunnable, MissingQuestionError
 
 __all__ = [
-    "DEFAULT_MODEL",
     "DIFF_EVENT",
     "QUESTION_METADATA_KEY",
     "AlignedChain",
     "AlignedChatModel",
+    "AlignerMiddleware",
     "AlignerRunnable",
     "MissingQuestionError",
     "extract_question",
 ]
 
 
-__getattr__ = lazy_getattr(__name__, {"AlignerMiddleware": "aligner_chains.langchain.middleware"})
+_LAZY_EXPORTS = {"AlignerMiddleware": "aligner_chains.langchain.middleware"}
+__getattr__ = lazy_getattr(__name__, _LAZY_EXPORTS)
+__dir__ = lazy_dir(__name__, _LAZY_EXPORTS)

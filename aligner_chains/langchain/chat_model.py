@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.callbacks import (
@@ -12,13 +13,14 @@ from langchain_core.callbacks import (
     CallbackManagerForLLMRun,
 )
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
 from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, Field, field_validator
 
-from aligner_chains.core.aligner import Aligner
+from aligner_chains.core import Aligner
 from aligner_chains.langchain.messages import last_human_text
 from aligner_chains.langchain.question import QUESTION_METADATA_KEY
 from aligner_chains.langchain.runnable import AlignerRunnable
@@ -59,6 +61,25 @@ def _child_callbacks(run_manager: Any) -> Any:
     return manager
 
 
+async def _amap(func: Callable[[Any], Any], items: AsyncIterable[Any]) -> AsyncIterator[Any]:
+    async for item in items:
+        yield func(item)
+
+
+def _result(message: BaseMessage) -> ChatResult:
+    return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+@dataclass
+class _Calls:
+    """What one reply calls: the upstream model (config, keyword arguments), then the Aligner."""
+
+    upstream_config: RunnableConfig
+    upstream_kwargs: dict[str, Any]
+    aligner_config: RunnableConfig
+    generation: dict[str, Any]
+
+
 def _chat_model_of(llm: Runnable[Any, Any]) -> BaseChatModel | None:
     while isinstance(llm, RunnableBinding):
         llm = llm.bound
@@ -81,7 +102,10 @@ class AlignedChatModel(BaseChatModel):
     llm: Runnable[LanguageModelInput, BaseMessage]
     """The upstream chat model (or any runnable from messages to a message)."""
     aligner: AlignerRunnable = Field(default_factory=AlignerRunnable)
-    """An `AlignerRunnable`, an `Aligner`, a model path / hub id / ``"demo"``, or None for the default model."""
+    """An `AlignerRunnable`, an `Aligner`, a model path / hub id / ``"demo"``.
+
+    None: the default model (``$ALIGNER_MODEL``, else the shipped demo; see `aligner_chains.core.default_model`).
+    """
     max_tokens: int | None = None
     temperature: float | None = None
     stop: list[str] | None = None
@@ -109,7 +133,7 @@ class AlignedChatModel(BaseChatModel):
         upstream = _chat_model_of(self.llm)
         return {
             "llm": upstream._llm_type if upstream is not None else type(self.llm).__name__,
-            "aligner": self.aligner._model_label(),
+            "aligner": self.aligner.model_name,
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
         }
@@ -128,7 +152,7 @@ class AlignedChatModel(BaseChatModel):
         if isinstance(kwargs.get("model"), str):
             params["ls_model_name"] = kwargs["model"]
         else:
-            params["ls_model_name"] = upstream_params.get("ls_model_name") or self.aligner._model_label()
+            params["ls_model_name"] = upstream_params.get("ls_model_name") or self.aligner.model_name
         if self.max_tokens is not None:
             params["ls_max_tokens"] = self.max_tokens
         if self.temperature is not None:
@@ -137,7 +161,7 @@ class AlignedChatModel(BaseChatModel):
             params["ls_stop"] = stop or self.stop
         return params
 
-    # ----------------------------------------------------------------- helpers
+    # ----------------------------------------------------------------- steps shared by sync and async
 
     def _generation(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -149,17 +173,22 @@ class AlignedChatModel(BaseChatModel):
             )
         return out
 
-    def _upstream_kwargs(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def _calls(
+        self, messages: list[BaseMessage], stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]
+    ) -> _Calls:
+        """The arguments of the upstream call and of the Aligner call for one reply."""
+        callbacks = _child_callbacks(run_manager)
         stop = stop or self.stop
-        return {**kwargs, "stop": stop} if stop else dict(kwargs)
-
-    @staticmethod
-    def _aligner_config(messages: list[BaseMessage], callbacks: Any) -> RunnableConfig:
-        config: RunnableConfig = {"callbacks": callbacks}
+        aligner_config: RunnableConfig = {"callbacks": callbacks}
         question = last_human_text(messages)
         if question is not None:
-            config["metadata"] = {QUESTION_METADATA_KEY: question}
-        return config
+            aligner_config["metadata"] = {QUESTION_METADATA_KEY: question}
+        return _Calls(
+            upstream_config={"callbacks": callbacks},
+            upstream_kwargs={**kwargs, "stop": stop} if stop else dict(kwargs),
+            aligner_config=aligner_config,
+            generation=self._generation(),
+        )
 
     # ----------------------------------------------------------------- generation
 
@@ -171,15 +200,10 @@ class AlignedChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         if self.streaming:
-            from langchain_core.language_models.chat_models import generate_from_stream
-
             return generate_from_stream(self._stream(messages, stop=stop, run_manager=run_manager, **kwargs))
-        callbacks = _child_callbacks(run_manager)
-        reply = self.llm.invoke(messages, {"callbacks": callbacks}, **self._upstream_kwargs(stop, kwargs))
-        corrected = self.aligner.invoke(
-            _as_ai_message(reply), self._aligner_config(messages, callbacks), **self._generation()
-        )
-        return ChatResult(generations=[ChatGeneration(message=corrected)])
+        calls = self._calls(messages, stop, run_manager, kwargs)
+        reply = self.llm.invoke(messages, calls.upstream_config, **calls.upstream_kwargs)
+        return _result(self.aligner.invoke(_as_ai_message(reply), calls.aligner_config, **calls.generation))
 
     async def _agenerate(
         self,
@@ -189,15 +213,10 @@ class AlignedChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         if self.streaming:
-            from langchain_core.language_models.chat_models import agenerate_from_stream
-
             return await agenerate_from_stream(self._astream(messages, stop=stop, run_manager=run_manager, **kwargs))
-        callbacks = _child_callbacks(run_manager)
-        reply = await self.llm.ainvoke(messages, {"callbacks": callbacks}, **self._upstream_kwargs(stop, kwargs))
-        corrected = await self.aligner.ainvoke(
-            _as_ai_message(reply), self._aligner_config(messages, callbacks), **self._generation()
-        )
-        return ChatResult(generations=[ChatGeneration(message=corrected)])
+        calls = self._calls(messages, stop, run_manager, kwargs)
+        reply = await self.llm.ainvoke(messages, calls.upstream_config, **calls.upstream_kwargs)
+        return _result(await self.aligner.ainvoke(_as_ai_message(reply), calls.aligner_config, **calls.generation))
 
     def _stream(
         self,
@@ -206,13 +225,9 @@ class AlignedChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        callbacks = _child_callbacks(run_manager)
-        upstream = (
-            _as_ai_chunk(chunk)
-            for chunk in self.llm.stream(messages, {"callbacks": callbacks}, **self._upstream_kwargs(stop, kwargs))
-        )
-        config = self._aligner_config(messages, callbacks)
-        for chunk in self.aligner.transform(upstream, config, **self._generation()):
+        calls = self._calls(messages, stop, run_manager, kwargs)
+        upstream = map(_as_ai_chunk, self.llm.stream(messages, calls.upstream_config, **calls.upstream_kwargs))
+        for chunk in self.aligner.transform(upstream, calls.aligner_config, **calls.generation):
             generation = ChatGenerationChunk(message=chunk)
             if run_manager:
                 run_manager.on_llm_new_token(chunk.text, chunk=generation)
@@ -225,15 +240,9 @@ class AlignedChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        callbacks = _child_callbacks(run_manager)
-        upstream_kwargs = self._upstream_kwargs(stop, kwargs)
-
-        async def upstream() -> AsyncIterator[AIMessageChunk]:
-            async for chunk in self.llm.astream(messages, {"callbacks": callbacks}, **upstream_kwargs):
-                yield _as_ai_chunk(chunk)
-
-        config = self._aligner_config(messages, callbacks)
-        async for chunk in self.aligner.atransform(upstream(), config, **self._generation()):
+        calls = self._calls(messages, stop, run_manager, kwargs)
+        upstream = _amap(_as_ai_chunk, self.llm.astream(messages, calls.upstream_config, **calls.upstream_kwargs))
+        async for chunk in self.aligner.atransform(upstream, calls.aligner_config, **calls.generation):
             generation = ChatGenerationChunk(message=chunk)
             if run_manager:
                 await run_manager.on_llm_new_token(chunk.text, chunk=generation)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables.config import ensure_config
 
-from aligner_chains.core.aligner import Aligner
+from aligner_chains.core import Aligner
 from aligner_chains.core.errors import MissingDependencyError
 from aligner_chains.langchain.messages import is_tool_call_only, last_human_text
 from aligner_chains.langchain.question import QUESTION_METADATA_KEY
@@ -33,27 +34,16 @@ class AlignerMiddleware(AgentMiddleware):
     """
 
     def __init__(self, aligner: AlignerRunnable | Aligner | str | None = None, **options: Any) -> None:
-        """``aligner``: an `AlignerRunnable`, an `Aligner`, a model name or None; ``options`` configure it."""
+        """``aligner``: an `AlignerRunnable`, an `Aligner` or a model name; ``options`` configure it.
+
+        None: the default model (``$ALIGNER_MODEL``, else the shipped demo; see `aligner_chains.core.default_model`).
+        """
         super().__init__()
         if isinstance(aligner, AlignerRunnable):
-            self.aligner = aligner._with(**options)
+            self.aligner = aligner.with_options(**options)
         else:
             self.aligner = AlignerRunnable(model=aligner, **options)
         self.tools = []
-
-    @staticmethod
-    def _target(response: Any) -> tuple[ModelResponse | None, int | None]:
-        """The model response and the index of the final answer to correct in it (None: nothing to do)."""
-        model_response = response.model_response if isinstance(response, ExtendedModelResponse) else response
-        if not isinstance(model_response, ModelResponse) or model_response.structured_response is not None:
-            return None, None
-        for index in range(len(model_response.result) - 1, -1, -1):
-            message = model_response.result[index]
-            if isinstance(message, AIMessage):
-                if message.tool_calls or message.invalid_tool_calls or is_tool_call_only(message):
-                    return None, None
-                return model_response, index
-        return None, None
 
     @staticmethod
     def _config(messages: list[BaseMessage]) -> Any:
@@ -63,35 +53,55 @@ class AlignerMiddleware(AgentMiddleware):
             config["metadata"] = {**(config.get("metadata") or {}), QUESTION_METADATA_KEY: question}
         return config
 
-    @staticmethod
-    def _replace(response: Any, model_response: ModelResponse, index: int, message: AIMessage) -> Any:
-        result = list(model_response.result)
-        result[index] = message
-        new = ModelResponse(result=result, structured_response=model_response.structured_response)
-        if isinstance(response, ExtendedModelResponse):
-            return ExtendedModelResponse(model_response=new, command=response.command)
-        return new
-
     def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], Any]) -> Any:
         """Call the model; if it answered without tool calls, correct the answer."""
-        response = handler(request)
-        if isinstance(response, AIMessage):
-            response = ModelResponse(result=[response])
-        model_response, index = self._target(response)
-        if model_response is None or index is None:
-            return response
-        message = model_response.result[index]
-        corrected = self.aligner.invoke(message, self._config(request.messages))
-        return self._replace(response, model_response, index, corrected)
+        answer = _FinalAnswer.of(handler(request))
+        if answer.message is None:
+            return answer.response
+        return answer.replaced(self.aligner.invoke(answer.message, self._config(request.messages)))
 
     async def awrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[Any]]) -> Any:
         """Async `wrap_model_call`."""
-        response = await handler(request)
+        answer = _FinalAnswer.of(await handler(request))
+        if answer.message is None:
+            return answer.response
+        return answer.replaced(await self.aligner.ainvoke(answer.message, self._config(request.messages)))
+
+
+@dataclass
+class _FinalAnswer:
+    """A model node's response and, when it is an agent's final answer, the message to correct in it."""
+
+    response: Any
+    model_response: ModelResponse | None = None
+    index: int = -1
+
+    @property
+    def message(self) -> AIMessage | None:
+        return None if self.model_response is None else self.model_response.result[self.index]
+
+    @classmethod
+    def of(cls, response: Any) -> _FinalAnswer:
+        """Find the final answer: the last AI message of a text response, when it calls no tools."""
         if isinstance(response, AIMessage):
             response = ModelResponse(result=[response])
-        model_response, index = self._target(response)
-        if model_response is None or index is None:
-            return response
-        message = model_response.result[index]
-        corrected = await self.aligner.ainvoke(message, self._config(request.messages))
-        return self._replace(response, model_response, index, corrected)
+        model_response = response.model_response if isinstance(response, ExtendedModelResponse) else response
+        if not isinstance(model_response, ModelResponse) or model_response.structured_response is not None:
+            return cls(response)
+        for index in range(len(model_response.result) - 1, -1, -1):
+            message = model_response.result[index]
+            if isinstance(message, AIMessage):
+                if message.tool_calls or message.invalid_tool_calls or is_tool_call_only(message):
+                    return cls(response)
+                return cls(response, model_response, index)
+        return cls(response)
+
+    def replaced(self, message: AIMessage) -> Any:
+        """The response with the final answer replaced by ``message``."""
+        assert self.model_response is not None
+        result = list(self.model_response.result)
+        result[self.index] = message
+        new = ModelResponse(result=result, structured_response=self.model_response.structured_response)
+        if isinstance(self.response, ExtendedModelResponse):
+            return ExtendedModelResponse(model_response=new, command=self.response.command)
+        return new

@@ -8,14 +8,16 @@
 - `AlignerCorrectionStartEvent`, `AlignerCorrectionEndEvent`: instrumentation events carrying
   ``Correction.summary()``, sent from dispatcher spans.
 
-All of them take the same ``aligner=`` (an `Aligner`, a model path / hub id / ``"demo"``, or None),
+All of them take the same ``aligner=`` (an `Aligner`, a model path / hub id / ``"demo"``, or None: the
+default model, ``$ALIGNER_MODEL`` else the shipped demo, see `aligner_chains.core.default_model`),
 loading options and ``on_error="raise" | "passthrough"``, resolved by the core's ``resolve_aligner``.
 """
 
-from aligner_chains.llama_index._shared import LOADING_OPTIONS, METADATA_KEY
+from aligner_chains.core import LOADING_OPTIONS
 from aligner_chains.llama_index.events import AlignerCorrectionEndEvent, AlignerCorrectionStartEvent
 from aligner_chains.llama_index.postprocessor import AlignerNodePostprocessor
 from aligner_chains.llama_index.query_engine import AlignerQueryEngine
+from aligner_chains.llama_index.responses import METADATA_KEY
 from aligner_chains.llama_index.workflow import AlignerCorrectEvent, AlignerCorrectionStep, AlignerWorkflow
 
 __all__ = [

@@ -7,14 +7,29 @@ dispatcher span, so an event handler registered on the root dispatcher sees them
     import llama_index.core.instrumentation as instrument
 
     instrument.get_dispatcher().add_event_handler(MyHandler())
+
+The adapters send them with `emit_start` and `emit_end`.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
+import llama_index.core.instrumentation as instrument
 from llama_index.core.instrumentation.events.base import BaseEvent
 from pydantic import Field
+
+from aligner_chains.core.result import Correction
+
+__all__ = [
+    "AlignerCorrectionEndEvent",
+    "AlignerCorrectionStartEvent",
+    "Component",
+    "emit_end",
+    "emit_start",
+]
+
+dispatcher = instrument.get_dispatcher(__name__)
 
 Component = Literal["node_postprocessor", "query_engine", "workflow"]
 
@@ -64,3 +79,26 @@ class AlignerCorrectionEndEvent(BaseEvent):
     @classmethod
     def class_name(cls) -> str:
         return "AlignerCorrectionEndEvent"
+
+
+def emit_start(component: Component, query: str, num_items: int, *, streaming: bool = False, model: str = "") -> None:
+    """Send an `AlignerCorrectionStartEvent` (from the caller's span, if any)."""
+    dispatcher.event(
+        AlignerCorrectionStartEvent(
+            component=component, query=query, num_items=num_items, streaming=streaming, model=model
+        )
+    )
+
+
+def emit_end(component: Component, query: str, corrections: list[Correction], *, streaming: bool = False) -> None:
+    """Send an `AlignerCorrectionEndEvent` summing up ``corrections`` (from the caller's span, if any)."""
+    dispatcher.event(
+        AlignerCorrectionEndEvent(
+            component=component,
+            query=query,
+            summaries=[c.summary() for c in corrections],
+            num_changed=sum(c.changed for c in corrections),
+            num_errors=sum(c.finish_reason == "error" for c in corrections),
+            streaming=streaming,
+        )
+    )

@@ -11,10 +11,11 @@ from llama_index.core.callbacks import CallbackManager
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
-from aligner_chains.core.aligner import Aligner
+from aligner_chains.core import Aligner
 from aligner_chains.core.errors import ConfigError
 from aligner_chains.core.result import Correction
-from aligner_chains.llama_index._shared import LazyAligner, emit_end, emit_start
+from aligner_chains.llama_index.events import emit_end, emit_start
+from aligner_chains.llama_index.lazy import LazyAligner
 
 dispatcher = instrument.get_dispatcher(__name__)
 
@@ -35,8 +36,9 @@ class AlignerNodePostprocessor(BaseNodePostprocessor):
       passed the node through unchanged.
 
     These keys are excluded from the embed and LLM metadata views, so the original text never reaches
-    the LLM. ``aligner`` is an `Aligner`, a model path / hub id / ``"demo"``, or None (``"demo"``); a
-    name loads on first use through the shared model cache. Other keyword arguments are loading options
+    the LLM. ``aligner`` is an `Aligner`, a model path / hub id / ``"demo"``, or None: the default model
+    (``$ALIGNER_MODEL``, else the shipped demo; see `aligner_chains.core.default_model`); a name loads on
+    first use through the shared model cache. Other keyword arguments are loading options
     of ``Aligner.from_pretrained`` (``device``, ``dtype``, ``quantization``, ``adapter``, ...).
 
     Example::
@@ -45,7 +47,11 @@ class AlignerNodePostprocessor(BaseNodePostprocessor):
         engine = index.as_query_engine(llm=llm, node_postprocessors=[postprocessor])
     """
 
-    aligner: Any = Field(default=None, description="An Aligner, a model path / hub id / 'demo', or None ('demo').")
+    aligner: Any = Field(
+        default=None,
+        description="An Aligner, a model path / hub id / 'demo', or None: the default model "
+        "($ALIGNER_MODEL, else the shipped demo; see aligner_chains.core.default_model).",
+    )
     on_error: Literal["raise", "passthrough"] | None = Field(
         default=None, description="Failed corrections: raise, or pass the node through unchanged and marked."
     )
@@ -116,11 +122,8 @@ class AlignerNodePostprocessor(BaseNodePostprocessor):
         if not nodes:
             return []
         aligner = self._source.get()
-        pairs = [(query, _text_of(n)) for n in nodes]
-        emit_start(COMPONENT, query, len(pairs), model=aligner.model_name)
-        corrections = aligner.correct_batch(pairs, batch_size=self.batch_size, **self.generation_kwargs)
-        emit_end(COMPONENT, query, corrections)
-        return [self._rewrite(n, c) for n, c in zip(nodes, corrections, strict=True)]
+        corrections = aligner.correct_batch(self._started(aligner, query, nodes), **self._batch_options())
+        return self._finished(query, nodes, corrections)
 
     @dispatcher.span
     async def _apostprocess_nodes(
@@ -130,9 +133,22 @@ class AlignerNodePostprocessor(BaseNodePostprocessor):
         if not nodes:
             return []
         aligner = await self._source.aget()
-        pairs = [(query, _text_of(n)) for n in nodes]
-        emit_start(COMPONENT, query, len(pairs), model=aligner.model_name)
-        corrections = await aligner.acorrect_batch(pairs, batch_size=self.batch_size, **self.generation_kwargs)
+        corrections = await aligner.acorrect_batch(self._started(aligner, query, nodes), **self._batch_options())
+        return self._finished(query, nodes, corrections)
+
+    # ------------------------------------------------------------------ steps shared by sync and async
+
+    def _batch_options(self) -> dict[str, Any]:
+        return {"batch_size": self.batch_size, **self.generation_kwargs}
+
+    @staticmethod
+    def _started(aligner: Aligner, query: str, nodes: list[NodeWithScore]) -> list[tuple[str, str]]:
+        """Announce the correction of ``nodes``; returns their (query, text) pairs."""
+        emit_start(COMPONENT, query, len(nodes), model=aligner.model_name)
+        return [(query, _text_of(n)) for n in nodes]
+
+    def _finished(self, query: str, nodes: list[NodeWithScore], corrections: list[Correction]) -> list[NodeWithScore]:
+        """Report ``corrections`` and return the corrected copies of ``nodes``."""
         emit_end(COMPONENT, query, corrections)
         return [self._rewrite(n, c) for n, c in zip(nodes, corrections, strict=True)]
 

@@ -13,8 +13,9 @@ from llama_index.core.callbacks import CallbackManager
 from llama_index.core.prompts.mixin import PromptMixinType
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
-from aligner_chains.core.aligner import Aligner
-from aligner_chains.llama_index._shared import LazyAligner, acorrect_response, correct_response
+from aligner_chains.core import Aligner
+from aligner_chains.llama_index.lazy import LazyAligner
+from aligner_chains.llama_index.responses import acorrect_response, correct_response
 
 dispatcher = instrument.get_dispatcher(__name__)
 
@@ -38,8 +39,9 @@ class AlignerQueryEngine(BaseQueryEngine):
       ``metadata["aligner"]["finish_reason"] == "error"``; ``"raise"`` (default) raises.
     - Structured (`PydanticResponse`) answers are refused with a `TypeError`: they are not text.
 
-    ``aligner`` is an `Aligner`, a model path / hub id / ``"demo"``, or None (``"demo"``); a name
-    loads on first use through the shared model cache. Other keyword arguments are loading options of
+    ``aligner`` is an `Aligner`, a model path / hub id / ``"demo"``, or None: the default model
+    (``$ALIGNER_MODEL``, else the shipped demo; see `aligner_chains.core.default_model`); a name loads on
+    first use through the shared model cache. Other keyword arguments are loading options of
     ``Aligner.from_pretrained`` (``device``, ``dtype``, ``quantization``, ``adapter``, ...).
 
     Example::

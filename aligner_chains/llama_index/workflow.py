@@ -20,9 +20,10 @@ from typing import Any, Literal
 import llama_index.core.instrumentation as instrument
 from llama_index.core.workflow import Context, Event, StartEvent, StopEvent, Workflow, step
 
-from aligner_chains.core.aligner import Aligner
+from aligner_chains.core import LOADING_OPTIONS, Aligner
 from aligner_chains.core.errors import ConfigError
-from aligner_chains.llama_index._shared import LOADING_OPTIONS, LazyAligner, acorrect_response
+from aligner_chains.llama_index.lazy import LazyAligner
+from aligner_chains.llama_index.responses import acorrect_response
 
 dispatcher = instrument.get_dispatcher(__name__)
 
@@ -43,7 +44,8 @@ class AlignerCorrectionStep:
     """Mixin for a `Workflow` subclass: a ``correct_result`` step from `AlignerCorrectEvent` to `StopEvent`.
 
     ``class MyFlow(AlignerCorrectionStep, Workflow)`` gains the keyword arguments ``aligner``
-    (an `Aligner`, a model path / hub id / ``"demo"``, or None for ``"demo"``; loaded on first use),
+    (an `Aligner`, a model path / hub id / ``"demo"``, or None: the default model, ``$ALIGNER_MODEL``,
+    else the shipped demo, see `aligner_chains.core.default_model`; loaded on first use),
     ``on_error``, ``max_new_tokens``, ``generation_kwargs`` and the loading options of
     ``Aligner.from_pretrained`` (``device``, ``dtype``, ``quantization``, ``adapter``, ...); every
     other keyword argument goes to `Workflow` (``timeout``, ``verbose``, ...).

@@ -10,7 +10,7 @@ This package imports FastAPI only when its names are used, so ``aligner-chains -
 
 from __future__ import annotations
 
-from aligner_chains._lazy import lazy_getattr
+from aligner_chains._lazy import lazy_dir, lazy_getattr
 
 __all__ = ["ServerConfig", "ServerThread", "create_app", "run_server"]
 
@@ -23,3 +23,4 @@ _EXPORTS = {
 
 
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
+__dir__ = lazy_dir(__name__, _EXPORTS)

@@ -18,9 +18,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from aligner_chains.core.aligner import Aligner
-from aligner_chains.core.engine import DEFAULT_MAX_NEW_TOKENS, GenerationOutput
+from aligner_chains.core.generation import DEFAULT_MAX_NEW_TOKENS, GenerationOutput
 from aligner_chains.core.result import Correction
-from aligner_chains.server._http import (
+from aligner_chains.server.config import ServerConfig
+from aligner_chains.server.http import (
     SSE_DONE,
     SSE_HEADERS,
     ApiError,
@@ -35,7 +36,6 @@ from aligner_chains.server._http import (
     sse,
     validate,
 )
-from aligner_chains.server.config import ServerConfig
 from aligner_chains.server.schemas import CompletionRequest, CorrectionRequest, DetokenizeRequest, TokenizeRequest
 
 MAX_STOP_STRINGS = 16

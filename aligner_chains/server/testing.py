@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from aligner_chains.core.engine import Backend, GenerationOutput, GenerationParams
+from aligner_chains.core.generation import Backend, GenerationOutput, GenerationParams
 
 
 class SlowBackend(Backend):

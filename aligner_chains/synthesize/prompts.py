@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from aligner_chains.core.errors import ConfigError
-from aligner_chains.evaluate.jobs import check_format
+from aligner_chains.jobs import check_format
 
 __all__ = ["DEFAULT_SYSTEM_PROMPT", "DEFAULT_USER_PROMPT", "CorrectionPrompt"]
 

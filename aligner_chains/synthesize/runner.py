@@ -14,6 +14,8 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +23,15 @@ from pydantic import BaseModel, Field
 
 from aligner_chains.core.errors import ConfigError, DataError
 from aligner_chains.evaluate.edits import EditSummary, summarize_edits
-from aligner_chains.evaluate.jobs import (
+from aligner_chains.jobs import (
     JobFailed,
-    JsonlLog,
+    JobLog,
+    Record,
     RetryPolicy,
     ainvoke,
     call_with_retries,
     output_text,
-    progress_bar,
-    run_bounded,
+    run_jobs,
     run_sync,
     stable_key,
 )
@@ -247,54 +249,20 @@ async def asynthesize(
     duplicates = sum(k is None for k in keys)
 
     output = Path(output)
-    journal = JsonlLog(sidecar(output, "raw"))
-    records: dict[str, dict[str, Any]] = {r["key"]: r for r in journal.read() if "key" in r}
-    todo = [i for i, k in enumerate(keys) if k is not None and records.get(k, {}).get("status") != "ok"]
     n_unique = len(keys) - duplicates
-
-    def job(i: int) -> Any:
-        row, key = rows[i], keys[i]
-        previous = records.get(key) or {}
-
-        async def run() -> dict[str, Any]:
-            record: dict[str, Any] = {"key": key, "question": row.question, "status": "ok", "attempts": 0}
-            answer = row.answer if row.answer is not None else previous.get("answer")
-            record["answer_source"] = "input" if row.answer is not None else "upstream"
-            if answer is None:
-                value = {input_key: row.question} if input_key else row.question
-                config = {"run_name": "synthesize.upstream"}
-                try:
-                    out, attempts = await call_with_retries(lambda: ainvoke(upstream, value, config=config), policy)
-                    answer = output_text(out, what="the upstream model").strip()
-                except (JobFailed, TypeError) as exc:
-                    return {**record, "status": "error", "stage": "upstream", "error": str(exc)}
-                record["attempts"] += attempts
-            record["answer"] = answer
-            if not answer.strip():
-                return {**record, "correction": None}
-            messages = prompt.messages(row.question, answer)
-            config = {"run_name": "synthesize.teacher"}
-            try:
-                out, attempts = await call_with_retries(lambda: ainvoke(teacher, messages, config=config), policy)
-                correction = clean_correction(output_text(out, what="the teacher model"))
-            except (JobFailed, TypeError) as exc:
-                return {**record, "status": "error", "stage": "teacher", "error": str(exc)}
-            record["attempts"] += attempts
-            return {**record, "correction": correction}
-
-        return run
-
-    with (
-        journal.open() as handle,
-        progress_bar(n_unique, n_unique - len(todo), unit="question", desc="synthesize", enabled=progress) as bar,
-    ):
-
-        def finished(record: dict[str, Any]) -> None:
-            records[record["key"]] = record
-            journal.append(handle, record)
-            bar.update(1)
-
-        await run_bounded([job(i) for i in todo], max_concurrency, finished)
+    with JobLog(sidecar(output, "raw"), lambda record: record.get("key")) as journal:
+        todo = [i for i, k in enumerate(keys) if k is not None and (journal.get(k) or {}).get("status") != "ok"]
+        pipeline = _Pipeline(upstream, teacher, prompt, input_key, policy)
+        await run_jobs(
+            [partial(pipeline.run, rows[i], keys[i], journal.get(keys[i]) or {}) for i in todo],
+            journal,
+            max_concurrency=max_concurrency,
+            total=n_unique,
+            done=n_unique - len(todo),
+            unit="question",
+            desc="synthesize",
+            progress=progress,
+        )
 
     # the output, in input order, filters applied now
     dropped: Counter[str] = Counter()
@@ -304,7 +272,7 @@ async def asynthesize(
     for row, key in zip(rows, keys, strict=True):
         if key is None:
             continue
-        record = records.get(key)
+        record = journal.get(key)
         if record is None or record.get("status") != "ok":
             stage = (record or {}).get("stage", "teacher")
             if stage == "upstream":
@@ -340,6 +308,47 @@ async def asynthesize(
     _write_atomic(output, "".join(line + "\n" for line in lines))
     _write_atomic(sidecar(output, "stats"), stats.model_dump_json(indent=2) + "\n")
     return stats
+
+
+@dataclass(frozen=True)
+class _Pipeline:
+    """One question's job: the upstream model answers (unless an answer is given), the teacher corrects."""
+
+    upstream: Any
+    teacher: Any
+    prompt: CorrectionPrompt
+    input_key: str | None
+    policy: RetryPolicy
+
+    async def run(self, row: Question, key: str, previous: Record) -> Record:
+        """One question's record: its answer (given, from an earlier run, or upstream's) and the teacher's
+        correction, or the stage that failed and its error."""
+        record: Record = {"key": key, "question": row.question, "status": "ok", "attempts": 0}
+        answer = row.answer if row.answer is not None else previous.get("answer")
+        record["answer_source"] = "input" if row.answer is not None else "upstream"
+        if answer is None:
+            value = {self.input_key: row.question} if self.input_key else row.question
+            config = {"run_name": "synthesize.upstream"}
+            try:
+                out, attempts = await call_with_retries(
+                    lambda: ainvoke(self.upstream, value, config=config), self.policy
+                )
+                answer = output_text(out, what="the upstream model").strip()
+            except (JobFailed, TypeError) as exc:
+                return {**record, "status": "error", "stage": "upstream", "error": str(exc)}
+            record["attempts"] += attempts
+        record["answer"] = answer
+        if not answer.strip():
+            return {**record, "correction": None}
+        messages = self.prompt.messages(row.question, answer)
+        config = {"run_name": "synthesize.teacher"}
+        try:
+            out, attempts = await call_with_retries(lambda: ainvoke(self.teacher, messages, config=config), self.policy)
+            correction = clean_correction(output_text(out, what="the teacher model"))
+        except (JobFailed, TypeError) as exc:
+            return {**record, "status": "error", "stage": "teacher", "error": str(exc)}
+        record["attempts"] += attempts
+        return {**record, "correction": correction}
 
 
 def _write_atomic(path: Path, text: str) -> None:

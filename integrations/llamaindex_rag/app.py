@@ -6,7 +6,7 @@
 Pipeline: documents -> chunks -> real local embeddings (all-MiniLM-L6-v2, offline) -> vector
 retrieval -> `AlignerNodePostprocessor` (each retrieved chunk corrected, e.g. contact data redacted,
 before the LLM sees it) -> LLM (the offline `ExtractiveLLM`, or a local model) -> `AlignerQueryEngine`
-(the answer corrected). The Aligner is ``demo`` unless ``--aligner`` or ``$ALIGNER_MODEL`` says otherwise.
+(the answer corrected). The Aligner is ``--aligner``, else the default model (``$ALIGNER_MODEL``, else the demo).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def build_query_engine(
 ) -> Any:
     """The query engine: retrieval, chunk correction, synthesis with ``llm``, answer correction.
 
-    ``aligner`` is an `Aligner`, a model path / hub id / ``"demo"``, or None (``"demo"``); both stages
+    ``aligner`` is an `Aligner`, a model path / hub id / ``"demo"``, or None (the default model); both stages
     share it (one copy of the weights).
     """
     from aligner_chains.llama_index import AlignerNodePostprocessor, AlignerQueryEngine
@@ -136,8 +136,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--aligner",
-        default=os.environ.get("ALIGNER_MODEL", "demo"),
-        help="Aligner: 'demo', a model directory or a cached hub id (default: $ALIGNER_MODEL or demo)",
+        default=None,
+        help="Aligner: 'demo', a model directory or a cached hub id (default: $ALIGNER_MODEL, else the demo)",
     )
     p.add_argument(
         "--llm",

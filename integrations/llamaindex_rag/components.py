@@ -24,7 +24,7 @@ from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
 from aligner_chains.core.errors import MissingDependencyError
-from aligner_chains.llama_index.testing import ExtractiveLLM
+from aligner_chains.llama_index.offline import ExtractiveLLM
 
 # --------------------------------------------------------------------------------------------- embeddings
 
@@ -96,7 +96,7 @@ class LocalSentenceEmbedding(BaseEmbedding):
 class LocalCausalLM(CustomLLM):
     """A local Hugging Face causal LM as the upstream LLM (greedy; chat template used when it has one).
 
-    Weights load through ``aligner_chains.core.loading.load_model``: safetensors only, no remote code,
+    Weights load through ``aligner_chains.backends.local.load_model``: safetensors only, no remote code,
     and the same process-wide cache as the Aligners.
     """
 
@@ -107,7 +107,7 @@ class LocalCausalLM(CustomLLM):
     _loaded: Any = PrivateAttr()
 
     def __init__(self, model_path: str, **kwargs: Any) -> None:
-        from aligner_chains.core.loading import LoadOptions, load_model
+        from aligner_chains.backends.local.loading import LoadOptions, load_model
 
         super().__init__(model_path=model_path, **kwargs)
         self._loaded = load_model(model_path, LoadOptions())

@@ -1,4 +1,4 @@
-"""``python -m integrations.openai_proxy --upstream URL [--aligner demo | --aligner-server URL]``."""
+"""``python -m integrations.openai_proxy --upstream URL [--aligner MODEL | --aligner-server URL]``."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="variable holding the upstream key (default UPSTREAM_API_KEY; unset: forward the client's header)",
     )
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--aligner", default="demo", help="local Aligner: 'demo', a path or a hub id (default demo)")
+    which.add_argument(
+        "--aligner", default=None, help="local Aligner: path or hub id (default: $ALIGNER_MODEL, else the demo)"
+    )
     which.add_argument("--aligner-server", default=None, help="remote Aligner: an OpenAI-compatible server URL")
     parser.add_argument("--aligner-model", default=None, help="model name on --aligner-server")
     parser.add_argument("--template", default=None, help="the Aligner's template (default: from the checkpoint)")

@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from aligner_chains.core.aligner import Aligner
 from aligner_chains.core.result import Correction
-from aligner_chains.server._http import (
+from aligner_chains.server.http import (
     SSE_DONE,
     SSE_HEADERS,
     ApiError,
@@ -148,9 +148,9 @@ class _Proxy:
             payload = None
         if 400 <= status < 500 and isinstance(payload, dict):
             return JSONResponse(payload, status_code=status)
-        from aligner_chains.core.remote import _error_message
+        from aligner_chains.backends.remote.protocol import error_message
 
-        message = _error_message(payload) if payload is not None else body[:300].decode("utf-8", "replace")
+        message = error_message(payload) if payload is not None else body[:300].decode("utf-8", "replace")
         if 400 <= status < 500:
             return ApiError(status, f"The upstream refused the request (HTTP {status}): {message}")
         return ApiError(
@@ -190,7 +190,8 @@ class _Proxy:
         """All chunks of the upstream's stream (read in full: the Aligner needs the whole answer)."""
         import httpx
 
-        from aligner_chains.core.remote import BackendError, _sse_events
+        from aligner_chains.backends.remote.protocol import sse_events
+        from aligner_chains.core.errors import BackendError
 
         url = f"{self.upstream}/chat/completions"
         started = time.perf_counter()
@@ -208,7 +209,7 @@ class _Proxy:
         finally:
             self.upstream_seconds.observe(time.perf_counter() - started)
         try:
-            for event in _sse_events(_Lines(lines)):
+            for event in sse_events(_Lines(lines)):
                 if "error" in event and not event.get("choices"):
                     raise ApiError(
                         502, f"The upstream stream failed: {json.dumps(event['error'])[:300]}", type="upstream_error"
@@ -230,7 +231,7 @@ class _Proxy:
 
     def aligner_failed(self, question: str, answer: str, exc: BaseException) -> Correction:
         """Fail-open result, or the 502/504 to answer instead."""
-        from aligner_chains.core.remote import BackendError
+        from aligner_chains.core.errors import BackendError
 
         hint = "Start the proxy with --fail-open to return uncorrected replies instead."
         if isinstance(exc, TimeoutError) and not isinstance(exc, BackendError):
@@ -289,7 +290,7 @@ def _consume(task: asyncio.Future[Any]) -> None:
 
 
 class _Lines:
-    """Adapts collected lines to what `_sse_events` reads (``iter_lines``)."""
+    """Adapts collected lines to what `sse_events` reads (``iter_lines``)."""
 
     def __init__(self, lines: list[str]) -> None:
         self.lines = lines

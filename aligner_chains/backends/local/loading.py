@@ -7,7 +7,6 @@ once downloaded.
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,16 +14,14 @@ from typing import Any, Literal
 
 import torch
 
+from aligner_chains.backends.tokenizers import load_tokenizer
 from aligner_chains.core.errors import (
     CheckpointError,
     ConfigError,
     MissingDependencyError,
     ModelNotFoundError,
 )
-
-ALIGNER_CONFIG_NAME = "aligner_config.json"
-DEMO_MODEL_NAME = "demo"
-DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "demo" / "model"
+from aligner_chains.core.model_files import read_aligner_config, resolve_model_path
 
 Quantization = Literal["4bit", "8bit"]
 
@@ -106,61 +103,6 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
         raise ConfigError(f"Unknown dtype {dtype!r}: use 'auto', {', '.join(sorted(_DTYPES))}.") from None
 
 
-def resolve_model_path(model_id: str, *, revision: str | None = None) -> Path:
-    """A local directory for ``model_id``: a path, ``"demo"``, or a hub id found in the HF cache."""
-    if not isinstance(model_id, (str, Path)):
-        raise TypeError(f"model must be a path or hub id string, got {type(model_id).__name__}")
-    model_id = str(model_id)
-    if model_id == DEMO_MODEL_NAME:
-        if not (DEMO_MODEL_DIR / "config.json").is_file():
-            raise ModelNotFoundError(
-                f"The demo Aligner is not in this installation ({DEMO_MODEL_DIR} has no config.json). "
-                "Reinstall aligner-chains, or train it with `python -m aligner_chains.demo.train`."
-            )
-        return DEMO_MODEL_DIR
-    local = Path(model_id).expanduser()
-    if local.exists():
-        if not local.is_dir():
-            raise ModelNotFoundError(f"Model path {str(local)!r} is a file; pass the directory that holds config.json.")
-        return local.resolve()
-    if model_id.startswith((".", "/", "~")) or model_id.count("/") != 1:
-        raise ModelNotFoundError(
-            f"No model directory at {model_id!r} and it is not a hub id of the form 'owner/name'. "
-            "Check the path, or pass a hub id such as 'aligner/aligner-7b-v1.0'."
-        )
-    return _snapshot(model_id, revision)
-
-
-def _snapshot(repo_id: str, revision: str | None) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
-    try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
-        raise ModelNotFoundError(
-            f"Model {repo_id!r} is not a local directory and is not in the Hugging Face cache "
-            f"(offline or unreachable: {type(exc).__name__}). Download it once with network: "
-            f"`hf download {repo_id}` (or huggingface_hub.snapshot_download('{repo_id}')), "
-            "or pass the path of a local copy."
-        ) from exc
-
-
-def read_aligner_config(path: Path) -> dict[str, Any] | None:
-    """The ``aligner_config.json`` beside the weights, or None when there is none."""
-    file = path / ALIGNER_CONFIG_NAME
-    if not file.is_file():
-        return None
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{file} is not valid JSON ({exc}); fix or delete it.") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{file} must hold a JSON object, found {type(data).__name__}.")
-    return data
-
-
 def check_checkpoint(path: Path, *, allow_pickle: bool) -> None:
     """Fail early, with the reason, on a directory that is not a loadable safe checkpoint."""
     if not (path / "config.json").is_file():
@@ -176,7 +118,7 @@ def check_checkpoint(path: Path, *, allow_pickle: bool) -> None:
         )
 
 
-def _quantization_config(quantization: Quantization | None, dtype: torch.dtype) -> Any:
+def quantization_config(quantization: Quantization | None, dtype: torch.dtype) -> Any:
     if quantization is None:
         return None
     if quantization not in ("4bit", "8bit"):
@@ -204,22 +146,6 @@ def _apply_adapter(model: Any, adapter: str) -> Any:
     return PeftModel.from_pretrained(model, adapter)
 
 
-def load_tokenizer(path: Path, *, trust_remote_code: bool = False) -> Any:
-    """The checkpoint's tokenizer, left-padded, with a pad token (EOS when it has none)."""
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    except Exception as exc:
-        raise CheckpointError(f"Cannot load the tokenizer from {path}: {exc}") from exc
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise CheckpointError(f"The tokenizer in {path} has neither a pad nor an EOS token; set eos_token.")
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
-    return tokenizer
-
-
 def _context_length(model: Any, tokenizer: Any) -> int | None:
     config = getattr(model, "config", None)
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
@@ -245,7 +171,7 @@ def _load_uncached(model_id: str, path: Path, options: LoadOptions) -> LoadedMod
         "trust_remote_code": options.trust_remote_code,
         "use_safetensors": None if options.allow_pickle else True,
     }
-    quant = _quantization_config(options.quantization, dtype)
+    quant = quantization_config(options.quantization, dtype)
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = options.device_map or "auto"

@@ -24,66 +24,32 @@ never logged, printed or put into error messages.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import random
 import re
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from aligner_chains.core.engine import Backend, GenerationOutput, GenerationParams, check_limits, decode_text
-from aligner_chains.core.errors import AlignerError, ConfigError, InputTooLongError, MissingDependencyError
+from aligner_chains.backends.remote.protocol import error_message, estimate_tokens, short_text, sse_events
+from aligner_chains.backends.remote.transport import HTTPTransport
+from aligner_chains.backends.tokenizers import decode_text, load_tokenizer
+from aligner_chains.core.errors import BackendError, BackendTimeoutError, ConfigError
+from aligner_chains.core.generation import Backend, GenerationOutput, GenerationParams, check_limits
+from aligner_chains.core.model_files import read_aligner_config, resolve_model_path
 from aligner_chains.core.templates import Template, get_template, template_for_model
 
-__all__ = [
-    "API_KEY_ENV",
-    "BackendError",
-    "BackendTimeoutError",
-    "RemoteBackend",
-]
-
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("aligner_chains.backends.remote")
 
 API_KEY_ENV = "ALIGNER_API_KEY"
 """Environment variable the remote backend (and ``aligner-chains serve``) read the API key from."""
 
-RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 TokenCounting = Literal["auto", "tokenizer", "server", "estimate"]
 _UNSET: Any = "auto"
 _COUNT_CACHE_SIZE = 4096
-
-
-class BackendError(AlignerError):
-    """A remote generation server failed or refused a request (HTTP error, unreachable, bad reply)."""
-
-    def __init__(self, message: str, *, status_code: int | None = None, url: str | None = None) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.url = url
-
-
-class BackendTimeoutError(BackendError, TimeoutError):
-    """A remote generation server did not answer in time."""
-
-
-def _import_httpx() -> Any:
-    try:
-        import httpx
-    except ImportError as exc:  # pragma: no cover - httpx comes with llama-index-core
-        raise MissingDependencyError("The remote backend needs httpx: pip install 'aligner-chains[remote]'.") from exc
-    return httpx
-
-
-def estimate_tokens(text: str) -> int:
-    """An upper bound of the tokens ``text`` takes: UTF-8 bytes + 2 (BOS and a SentencePiece prefix)."""
-    return len(text.encode("utf-8")) + 2
 
 
 class RemoteBackend(Backend):
@@ -155,30 +121,32 @@ class RemoteBackend(Backend):
         for label, value in (("timeout", timeout), ("connect_timeout", connect_timeout)):
             if not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigError(f"{label}={value!r} must be a positive number of seconds.")
-        self._httpx = _import_httpx()
         root = base_url.strip().rstrip("/")
         if root.endswith("/v1"):
             root = root[: -len("/v1")]
         self.base_url = root
         self._model = model
-        self.__api_key = api_key if api_key else (os.environ.get(api_key_env) or None)
-        self.api_key_env = api_key_env
+        self.transport = HTTPTransport(
+            root,
+            api_key=api_key if api_key else (os.environ.get(api_key_env) or None),
+            api_key_env=api_key_env,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            max_retries=max_retries,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            max_concurrency=max_concurrency,
+            headers=headers,
+            http_client=http_client,
+        )
         self.timeout = float(timeout)
-        self.connect_timeout = float(connect_timeout)
-        self.max_retries = max_retries
-        self.backoff = float(backoff)
-        self.max_backoff = float(max_backoff)
         self.max_concurrency = max_concurrency
         self.stop: list[str] | None = [stop] if isinstance(stop, str) else (list(stop) if stop else None)
         self.return_token_ids = return_token_ids
         self.stream_usage = stream_usage
-        self.extra_headers = dict(headers or {})
-        self._slots = threading.BoundedSemaphore(max_concurrency)
         self._lock = threading.RLock()  # discovery (models, counting mode); re-entered through `name`
         self._cache_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
-        self._owns_client = http_client is None
-        self._client = http_client
         self._models: list[dict[str, Any]] | None = None
         self._max_context = max_context
         self._tokenizer: Any = None
@@ -228,7 +196,7 @@ class RemoteBackend(Backend):
             with self._lock:
                 if self._models is None:
                     try:
-                        data = self._request_json("GET", "/v1/models")
+                        data = self.transport.request_json("GET", "/v1/models")
                     except BackendError as exc:
                         if exc.status_code in (404, 405):
                             self._models = []
@@ -283,8 +251,6 @@ class RemoteBackend(Backend):
     def _stored_config(self) -> dict[str, Any] | None:
         if self._tokenizer_dir is None:
             return None
-        from aligner_chains.core.loading import read_aligner_config
-
         return read_aligner_config(self._tokenizer_dir)
 
     # ----------------------------------------------------------------- tokens
@@ -292,8 +258,6 @@ class RemoteBackend(Backend):
     def _load_tokenizer(self, tokenizer: Any) -> Any:
         if not isinstance(tokenizer, (str, os.PathLike)):
             return tokenizer
-        from aligner_chains.core.loading import load_tokenizer, resolve_model_path
-
         path = resolve_model_path(os.fspath(tokenizer))
         self._tokenizer_dir = path
         return load_tokenizer(path)
@@ -314,7 +278,7 @@ class RemoteBackend(Backend):
 
     def _probe_tokenize(self) -> bool:
         try:
-            data = self._request_json("POST", "/tokenize", {"model": self.name, "prompt": "a"}, retry=False)
+            data = self.transport.request_json("POST", "/tokenize", {"model": self.name, "prompt": "a"}, retry=False)
         except BackendError as exc:
             if exc.status_code is not None and 400 <= exc.status_code < 500 and exc.status_code not in (401, 403):
                 return False
@@ -331,10 +295,12 @@ class RemoteBackend(Backend):
             if text in self._count_cache:
                 self._count_cache.move_to_end(text)
                 return self._count_cache[text]
-        data = self._request_json("POST", "/tokenize", {"model": self.name, "prompt": text, "add_special_tokens": True})
+        data = self.transport.request_json(
+            "POST", "/tokenize", {"model": self.name, "prompt": text, "add_special_tokens": True}
+        )
         count = data.get("count") if isinstance(data, dict) else None
         if not isinstance(count, int):
-            raise BackendError(f"{self.base_url}/tokenize answered without an integer 'count': {_short(data)}")
+            raise BackendError(f"{self.base_url}/tokenize answered without an integer 'count': {short_text(data)}")
         with self._cache_lock:
             self._count_cache[text] = count
             if len(self._count_cache) > _COUNT_CACHE_SIZE:
@@ -349,13 +315,15 @@ class RemoteBackend(Backend):
             ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
             return self._tokenizer.decode(ids[n_tokens:], clean_up_tokenization_spaces=False)
         if mode == "server":
-            data = self._request_json(
+            data = self.transport.request_json(
                 "POST", "/tokenize", {"model": self.name, "prompt": text, "add_special_tokens": False}
             )
             tokens = data.get("tokens") if isinstance(data, dict) else None
             if isinstance(tokens, list):
                 try:
-                    out = self._request_json("POST", "/detokenize", {"model": self.name, "tokens": tokens[n_tokens:]})
+                    out = self.transport.request_json(
+                        "POST", "/detokenize", {"model": self.name, "tokens": tokens[n_tokens:]}
+                    )
                 except BackendError as exc:
                     if exc.status_code not in (404, 405):
                         raise
@@ -375,9 +343,9 @@ class RemoteBackend(Backend):
                 f"Cannot decode: {self.base_url} did not return token ids. Pass tokenizer=, or "
                 "backend_options={'return_token_ids': True} for a server that returns them."
             )
-        data = self._request_json("POST", "/detokenize", {"model": self.name, "tokens": ids})
+        data = self.transport.request_json("POST", "/detokenize", {"model": self.name, "tokens": ids})
         if not isinstance(data, dict) or not isinstance(data.get("prompt"), str):
-            raise BackendError(f"{self.base_url}/detokenize answered without a 'prompt' string: {_short(data)}")
+            raise BackendError(f"{self.base_url}/detokenize answered without a 'prompt' string: {short_text(data)}")
         return data["prompt"].strip()
 
     # ----------------------------------------------------------------- generation
@@ -437,10 +405,10 @@ class RemoteBackend(Backend):
         return [f.result() for f in futures]
 
     def _complete(self, prompt: str, params: GenerationParams) -> GenerationOutput:
-        data = self._request_json("POST", "/v1/completions", self.request_body(prompt, params, stream=False))
+        data = self.transport.request_json("POST", "/v1/completions", self.request_body(prompt, params, stream=False))
         choices = data.get("choices") if isinstance(data, dict) else None
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            raise BackendError(f"{self.base_url}/v1/completions answered without choices: {_short(data)}")
+            raise BackendError(f"{self.base_url}/v1/completions answered without choices: {short_text(data)}")
         choice = choices[0]
         return self._output(
             prompt,
@@ -463,14 +431,14 @@ class RemoteBackend(Backend):
         usage: Any = None
         ids: list[int] = []
         got_ids = False
-        httpx = self._httpx
-        with self._slots:
-            response = self._send("POST", "/v1/completions", body, stream=True)
+        httpx = self.transport.httpx
+        with self.transport.slot():
+            response = self.transport.send("POST", "/v1/completions", body, stream=True)
             try:
-                for event in _sse_events(response):
+                for event in sse_events(response):
                     if isinstance(event.get("error"), (dict, str)):
                         raise BackendError(
-                            f"{self.base_url}/v1/completions failed mid-stream: {_error_message(event)}",
+                            f"{self.base_url}/v1/completions failed mid-stream: {error_message(event)}",
                             url=self.base_url + "/v1/completions",
                         )
                     if event.get("usage"):
@@ -549,149 +517,6 @@ class RemoteBackend(Backend):
             stats={"backend": "remote", "server_finish_reason": finish_reason},
         )
 
-    # ----------------------------------------------------------------- HTTP
-
-    def _headers(self) -> dict[str, str]:
-        headers = dict(self.extra_headers)
-        if self.__api_key:
-            headers["Authorization"] = f"Bearer {self.__api_key}"
-        return headers
-
-    def _http(self) -> Any:
-        if self._client is None:
-            with self._lock:
-                if self._client is None:
-                    httpx = self._httpx
-                    self._client = httpx.Client(
-                        timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
-                        limits=httpx.Limits(
-                            max_connections=self.max_concurrency + 2, max_keepalive_connections=self.max_concurrency
-                        ),
-                    )
-        return self._client
-
-    @contextmanager
-    def _slot(self) -> Iterator[None]:
-        with self._slots:
-            yield
-
-    def _request_json(self, method: str, path: str, body: Any = None, *, retry: bool = True) -> Any:
-        with self._slot():
-            response = self._send(method, path, body, retry=retry)
-            try:
-                return response.json()
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise BackendError(
-                    f"{method} {self.base_url}{path} answered HTTP {response.status_code} with a body that is not "
-                    f"JSON: {response.text[:200]!r}",
-                    status_code=response.status_code,
-                    url=self.base_url + path,
-                ) from exc
-            finally:
-                response.close()
-
-    def _send(self, method: str, path: str, body: Any = None, *, stream: bool = False, retry: bool = True) -> Any:
-        """Send with retries on 408/429/5xx and connection failures; raise `BackendError` on failure."""
-        httpx = self._httpx
-        client = self._http()
-        url = self.base_url + path
-        retries = self.max_retries if retry else 0
-        attempt = 0
-        while True:
-            try:
-                request = client.build_request(
-                    method,
-                    url,
-                    json=body,
-                    headers=self._headers(),
-                    timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
-                )
-                response = client.send(request, stream=stream)
-            except (httpx.ConnectTimeout, httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
-                if attempt < retries:
-                    self._sleep(attempt, None, f"{type(exc).__name__}", method, url)
-                    attempt += 1
-                    continue
-                raise BackendError(
-                    f"Cannot reach {url} ({type(exc).__name__}: {exc}) after {attempt + 1} attempt(s). "
-                    "Is the server running at that address?",
-                    url=url,
-                ) from exc
-            except httpx.TimeoutException as exc:
-                raise BackendTimeoutError(
-                    f"{method} {url} got no answer within {self.timeout} s ({type(exc).__name__}). The server may be "
-                    "overloaded: raise timeout=, lower max_new_tokens, or add capacity.",
-                    url=url,
-                ) from exc
-            except httpx.TransportError as exc:
-                raise BackendError(f"{method} {url} failed: {type(exc).__name__}: {exc}", url=url) from exc
-            if response.status_code < 400:
-                return response
-            if response.status_code in RETRY_STATUSES and attempt < retries:
-                retry_after = response.headers.get("retry-after")
-                response.read()
-                response.close()
-                self._sleep(attempt, retry_after, f"HTTP {response.status_code}", method, url)
-                attempt += 1
-                continue
-            try:
-                response.read()
-                raise self._http_error(method, url, response, attempt)
-            finally:
-                response.close()
-
-    def _sleep(self, attempt: int, retry_after: str | None, why: str, method: str, url: str) -> None:
-        delay = min(self.max_backoff, self.backoff * (2**attempt)) * (0.5 + random.random() / 2)
-        if retry_after:
-            try:
-                delay = min(self.max_backoff, max(delay, float(retry_after)))
-            except ValueError:
-                pass
-        logger.info(
-            "%s %s: %s, retrying in %.2f s (attempt %d of %d)",
-            method,
-            url,
-            why,
-            delay,
-            attempt + 2,
-            self.max_retries + 1,
-        )
-        time.sleep(delay)
-
-    def _http_error(self, method: str, url: str, response: Any, attempt: int) -> AlignerError:
-        status = response.status_code
-        try:
-            payload = response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            payload = response.text
-        message = _error_message(payload)
-        tries = f" after {attempt + 1} attempts" if attempt else ""
-        if status in (400, 413, 422) and _is_context_error(payload, message):
-            numbers = _context_numbers(payload, message)
-            return InputTooLongError(
-                f"The server at {self.base_url} refused the prompt as too long for the model's context (HTTP {status}: "
-                f"{message}). Shorten the answer or lower max_new_tokens; pass tokenizer= so lengths are checked "
-                "before sending, and overflow='truncate_question' to cut the question instead.",
-                **numbers,
-            )
-        if status in (401, 403):
-            hint = (
-                "The API key was refused"
-                if self.__api_key
-                else f"No API key was sent: pass api_key= or set ${self.api_key_env}"
-            )
-            return BackendError(
-                f"{method} {url} was refused (HTTP {status}: {message}). {hint}.", status_code=status, url=url
-            )
-        if status == 404 and "model" in message.lower():
-            return BackendError(
-                f"The server at {self.base_url} does not serve model {self._model!r} (HTTP 404: {message}). "
-                "Pass model= one of the names GET /v1/models lists.",
-                status_code=status,
-                url=url,
-            )
-        return BackendError(f"{method} {url} failed with HTTP {status}{tries}: {message}", status_code=status, url=url)
-
     # ----------------------------------------------------------------- lifecycle
 
     def close(self) -> None:
@@ -699,9 +524,7 @@ class RemoteBackend(Backend):
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None
-        if self._owns_client and self._client is not None:
-            self._client.close()
-            self._client = None
+        self.transport.close()
 
     def __enter__(self) -> RemoteBackend:
         return self
@@ -710,91 +533,5 @@ class RemoteBackend(Backend):
         self.close()
 
     def __repr__(self) -> str:
-        key = "***" if self.__api_key else None
+        key = "***" if self.transport.has_api_key else None
         return f"RemoteBackend(base_url={self.base_url!r}, model={self._model!r}, api_key={key!r})"
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _sse_events(response: Any) -> Iterator[dict[str, Any]]:
-    """JSON payloads of ``data:`` lines until ``data: [DONE]`` (comments and other fields skipped)."""
-    data_lines: list[str] = []
-    for line in response.iter_lines():
-        if line.startswith("data:"):
-            data_lines.append(line[5:].lstrip())
-            continue
-        if line.strip() or not data_lines:
-            continue  # comments (":"), "event:"/"id:" fields, blank lines between events
-        payload, data_lines = "\n".join(data_lines), []
-        if payload == "[DONE]":
-            return
-        yield _json_event(payload)
-    if data_lines:
-        payload = "\n".join(data_lines)
-        if payload != "[DONE]":
-            yield _json_event(payload)
-
-
-def _json_event(payload: str) -> dict[str, Any]:
-    try:
-        event = json.loads(payload)
-    except json.JSONDecodeError as exc:
-        raise BackendError(f"The server sent an event that is not JSON: {payload[:200]!r}") from exc
-    if not isinstance(event, dict):
-        raise BackendError(f"The server sent an event that is not a JSON object: {payload[:200]!r}")
-    return event
-
-
-def _error_message(payload: Any) -> str:
-    """The human message of an error body: OpenAI, vLLM, TGI and FastAPI shapes."""
-    if isinstance(payload, dict):
-        error = payload.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return error["message"][:1000]
-        if isinstance(error, str):
-            return error[:1000]
-        if isinstance(payload.get("message"), str):
-            return payload["message"][:1000]
-        if "detail" in payload:
-            return str(payload["detail"])[:1000]
-    return _short(payload)
-
-
-def _short(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text[:300] + ("..." if len(text) > 300 else "")
-
-
-_CONTEXT_PATTERNS = ("context length", "context_length", "maximum context", "too long", "max_model_len")
-
-
-def _is_context_error(payload: Any, message: str) -> bool:
-    code = ""
-    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
-        code = str(payload["error"].get("code") or "")
-    return code == "context_length_exceeded" or any(p in message.lower() for p in _CONTEXT_PATTERNS)
-
-
-def _context_numbers(payload: Any, message: str) -> dict[str, int]:
-    """prompt_tokens / max_new_tokens / context from our structured error, else from vLLM-style text."""
-    error = payload.get("error") if isinstance(payload, dict) else None
-    if isinstance(error, dict) and all(
-        isinstance(error.get(k), int) for k in ("prompt_tokens", "max_tokens", "context")
-    ):
-        return {
-            "prompt_tokens": error["prompt_tokens"],
-            "max_new_tokens": error["max_tokens"],
-            "context": error["context"],
-        }
-
-    def find(pattern: str) -> int:
-        match = re.search(pattern, message)
-        return int(match.group(1)) if match else 0
-
-    return {
-        "context": find(r"maximum context length is (\d+)"),
-        "prompt_tokens": find(r"(\d+) (?:in the messages|in the prompt|input tokens|tokens in the prompt)"),
-        "max_new_tokens": find(r"(\d+) (?:in the completion|output tokens)")
-        or find(r"'max_tokens' is too large: (\d+)"),
-    }

@@ -7,20 +7,20 @@ import os
 import sys
 from typing import Any
 
+from aligner_chains.cli.options import add_model_options, load_aligner, model_name
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def add_cli(subparsers: Any) -> None:
     """Add the ``serve`` subcommand."""
-    from aligner_chains.cli import _add_model_options
-
     serve = subparsers.add_parser(
         "serve",
         help="serve an Aligner over HTTP (OpenAI /v1/completions, /v1/corrections, /health, /metrics)",
         description="Serve an Aligner over HTTP: POST /v1/completions (OpenAI), POST /v1/corrections, "
         "GET /v1/models, POST /tokenize, GET /health, GET /metrics (Prometheus).",
     )
-    _add_model_options(serve)
+    add_model_options(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--served-model-name", default=None, help="the model name clients send (default: --model)")
@@ -41,12 +41,11 @@ def add_cli(subparsers: Any) -> None:
 
 def build_app(args: argparse.Namespace) -> Any:
     """The app ``serve`` would run for ``args`` (loads the Aligner)."""
-    from aligner_chains.cli import _load_aligner
     from aligner_chains.server.app import create_app
     from aligner_chains.server.config import ServerConfig
 
     config = ServerConfig(
-        served_model_name=args.served_model_name or args.model,
+        served_model_name=args.served_model_name or model_name(args),
         api_key=os.environ.get(args.api_key_env) or None,
         max_body_bytes=args.max_body_bytes,
         max_tokens_limit=args.max_tokens_limit,
@@ -55,7 +54,7 @@ def build_app(args: argparse.Namespace) -> Any:
         max_in_flight=args.max_in_flight,
         batch_size=args.batch_size,
     )
-    return create_app(_load_aligner(args), config)
+    return create_app(load_aligner(args), config)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -1,14 +1,13 @@
-"""`make demo`: the shipped demo Aligner correcting a few upstream answers, offline, on CPU."""
+"""``aligner-chains demo`` (what `make demo` runs): the shipped demo Aligner corrects a few answers, offline."""
 
 from __future__ import annotations
 
 import argparse
-import tempfile
 import textwrap
 import time
+from typing import Any
 
-from aligner_chains.core.aligner import Aligner
-from aligner_chains.core.errors import ModelNotFoundError
+from aligner_chains.cli.options import MODEL_HELP, open_aligner
 
 EXAMPLES: list[tuple[str, str]] = [
     (
@@ -30,27 +29,16 @@ EXAMPLES: list[tuple[str, str]] = [
 ]
 
 
-def _load(model: str) -> Aligner:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    try:
-        return Aligner.from_pretrained(model, device="cpu")
-    except ModelNotFoundError:
-        if model != "demo":
-            raise
-        from aligner_chains.testing import build_tiny_llama
-
-        path = build_tiny_llama(tempfile.mkdtemp(prefix="aligner-demo-"))
-        print("The demo Aligner is not installed; running on a tiny random model instead (output is noise).\n")
-        return Aligner.from_pretrained(str(path), device="cpu", max_new_tokens=24)
+def add_cli(subparsers: Any) -> None:
+    """Add the ``demo`` subcommand."""
+    demo = subparsers.add_parser("demo", help="correct a few upstream answers with the shipped demo Aligner (offline)")
+    demo.add_argument("--model", default="demo", help=f"{MODEL_HELP}; here 'demo' unless given")
+    demo.set_defaults(func=cmd_demo)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default="demo", help="Aligner to run (default: the shipped demo)")
-    args = parser.parse_args(argv)
-    aligner = _load(args.model)
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Correct `EXAMPLES` in one batched call on CPU and print each before and after."""
+    aligner = open_aligner(args.model, device="cpu")
     print(f"{aligner!r} on {aligner.backend.loaded.device}\n")
     started = time.perf_counter()
     results = aligner.correct_batch(EXAMPLES, batch_size=len(EXAMPLES))
@@ -61,7 +49,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"        changed={result.changed}  tokens={result.completion_tokens}\n")
     print(f"{len(results)} answers corrected in {time.perf_counter() - started:.2f}s (one batched call).")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -7,12 +7,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from aligner_chains.cli.options import open_aligner
 from aligner_chains.core.errors import ConfigError
 
 LOG_NAME = "judgments.jsonl"
 
 
 def add_cli(subparsers: Any) -> None:
+    """Add the ``eval`` subcommand."""
     parser = subparsers.add_parser(
         "eval",
         help="judge corrected vs original answers: win rates with intervals, edit statistics, a report",
@@ -120,12 +122,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     judges = build_judges(args.judge, args.dimension, _rubrics(args.rubric), both_orders=not args.single_order)
     aligner = None
     if args.aligner:
-        from transformers.utils import logging as hf_logging
-
-        from aligner_chains.core.aligner import Aligner
-
-        hf_logging.disable_progress_bar()
-        aligner = Aligner.from_pretrained(
+        aligner = open_aligner(
             args.aligner,
             template=args.template,
             device=args.device,

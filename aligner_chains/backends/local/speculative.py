@@ -26,8 +26,9 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from aligner_chains.core.engine import DecodeResult, DecodingStrategy, GenerationParams, HFGenerate
-from aligner_chains.core.forward import forward_parameters, position_ids_from_mask
+from aligner_chains.backends.local.forward import forward_parameters, position_ids_from_mask
+from aligner_chains.backends.local.strategy import DecodeResult, DecodingStrategy, HFGenerate
+from aligner_chains.core.generation import GenerationParams
 
 # Generation settings under which greedy verification is exact; anything else takes the plain path.
 _EXACT_KEYS = {"max_new_tokens", "do_sample"}

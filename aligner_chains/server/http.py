@@ -1,4 +1,8 @@
-"""HTTP plumbing shared by the Aligner server and the correcting proxy: errors, bodies, auth, SSE, metrics."""
+"""HTTP plumbing shared by the Aligner server and the correcting proxy: errors, bodies, auth, SSE, metrics.
+
+Public, for apps that serve an Aligner next to `aligner_chains.server.app` (such as
+``integrations/openai_proxy``). Needs the ``serve`` extra (Starlette, Prometheus client).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,23 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from aligner_chains.core.errors import AlignerError, InputTooLongError
+
+__all__ = [
+    "SSE_DONE",
+    "SSE_HEADERS",
+    "ApiError",
+    "Metrics",
+    "ServingMiddleware",
+    "api_error_from",
+    "chain_items",
+    "check_bearer",
+    "install_error_handlers",
+    "iterate_in_thread",
+    "prefetch",
+    "read_json_object",
+    "sse",
+    "validate",
+]
 
 logger = logging.getLogger("aligner_chains.server")
 
@@ -61,7 +82,7 @@ class ApiError(Exception):
 
 def api_error_from(exc: BaseException, *, what: str = "generation") -> ApiError:
     """The `ApiError` for an exception raised while serving (library errors are 4xx/5xx with their message)."""
-    from aligner_chains.core.remote import BackendError, BackendTimeoutError
+    from aligner_chains.core.errors import BackendError, BackendTimeoutError
 
     if isinstance(exc, ApiError):
         return exc

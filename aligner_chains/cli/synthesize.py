@@ -8,6 +8,7 @@ from typing import Any
 
 
 def add_cli(subparsers: Any) -> None:
+    """Add the ``synthesize`` subcommand."""
     parser = subparsers.add_parser(
         "synthesize",
         help="build a correction dataset: upstream answers corrected by a teacher model (train sft format)",

@@ -1,0 +1,217 @@
+"""`LocalBackend`: an Aligner run in this process by a Hugging Face causal LM."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+import torch
+
+from aligner_chains.backends.local.loading import LoadedModel
+from aligner_chains.backends.local.speculative import CopyAwareSpeculative
+from aligner_chains.backends.local.strategy import DecodingStrategy
+from aligner_chains.backends.tokenizers import decode_text
+from aligner_chains.core.errors import ConfigError
+from aligner_chains.core.generation import Backend, GenerationOutput, GenerationParams, check_limits
+
+
+class _QueueStreamer:
+    """Receives token ids from a decoding loop (first call: the prompt, skipped) into a queue."""
+
+    def __init__(self, sink: queue.Queue[Any]) -> None:
+        self.sink = sink
+        self.seen_prompt = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.seen_prompt:
+            self.seen_prompt = True
+            return
+        self.sink.put(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        """Called by the decoding loop when it finishes; the backend signals the end itself."""
+
+
+class IncrementalDecoder:
+    """Turns a growing list of token ids into text pieces whose concatenation is the final text.
+
+    Leading whitespace is dropped and trailing whitespace held back (the final text is stripped),
+    and a piece is never cut inside a multi-byte character.
+    """
+
+    def __init__(self, tokenizer: Any, stop_ids: set[int]) -> None:
+        self.tokenizer = tokenizer
+        self.stop_ids = stop_ids
+        self.ids: list[int] = []
+        self.emitted = ""
+        self.stopped = False
+
+    def push(self, ids: list[int]) -> str:
+        for token in ids:
+            if self.stopped or token in self.stop_ids:
+                self.stopped = True
+                break
+            self.ids.append(token)
+        text = decode_text(self.tokenizer, self.ids)
+        if text.endswith("\ufffd"):
+            return ""
+        return self._advance(text.rstrip())
+
+    def finish(self, final_text: str) -> str:
+        return self._advance(final_text)
+
+    def _advance(self, text: str) -> str:
+        if len(text) <= len(self.emitted) or not text.startswith(self.emitted):
+            return ""
+        piece = text[len(self.emitted) :]
+        self.emitted = text
+        return piece
+
+
+def _eos_ids(loaded: LoadedModel) -> list[int]:
+    ids: list[int] = []
+    generation_config = getattr(loaded.model, "generation_config", None)
+    configured = getattr(generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.append(configured)
+    elif isinstance(configured, (list, tuple)):
+        ids.extend(int(i) for i in configured)
+    if loaded.tokenizer.eos_token_id is not None and loaded.tokenizer.eos_token_id not in ids:
+        ids.append(int(loaded.tokenizer.eos_token_id))
+    if not ids:
+        raise ConfigError(f"Model {loaded.model_id!r} defines no EOS token; set tokenizer.eos_token.")
+    return ids
+
+
+class LocalBackend(Backend):
+    """Runs a loaded Hugging Face causal LM in this process (one generation at a time per model)."""
+
+    def __init__(self, loaded: LoadedModel, strategy: DecodingStrategy | None = None) -> None:
+        self.loaded = loaded
+        self.name = loaded.model_id
+        self.max_context = loaded.max_context
+        self.strategy = strategy or CopyAwareSpeculative()
+        self.tokenizer = loaded.tokenizer
+        self.eos_token_ids = _eos_ids(loaded)
+        self.pad_token_id = int(self.tokenizer.pad_token_id)
+
+    def _encode(self, text: str | list[str], **kwargs: Any) -> Any:
+        """Tokenise under the model's tokenizer lock (fast tokenizers are not safe to share across threads)."""
+        with self.loaded.tokenizer_lock:
+            return self.tokenizer(text, **kwargs)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._encode(text, add_special_tokens=True)["input_ids"])
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return decode_text(self.tokenizer, token_ids)
+
+    def truncate_left(self, text: str, n_tokens: int) -> str:
+        if n_tokens <= 0:
+            return text
+        ids = self._encode(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer.decode(ids[n_tokens:], clean_up_tokenization_spaces=False)
+
+    def can_mix_limits(self, params: GenerationParams) -> bool:
+        return self.strategy.mixes_limits(params)
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        params: GenerationParams,
+        sources: Sequence[str] | None = None,
+        limits: Sequence[int] | None = None,
+    ) -> list[GenerationOutput]:
+        return self._run(list(prompts), params, sources=sources, limits=limits)
+
+    def _run(
+        self,
+        prompts: list[str],
+        params: GenerationParams,
+        streamer: Any = None,
+        stop_event: threading.Event | None = None,
+        sources: Sequence[str] | None = None,
+        limits: Sequence[int] | None = None,
+    ) -> list[GenerationOutput]:
+        check_limits(limits, len(prompts))
+        batch = self._encode(prompts, return_tensors="pt", padding=True, add_special_tokens=True)
+        source_ids = (
+            self._encode([" " + text for text in sources], add_special_tokens=False)["input_ids"]
+            if sources is not None
+            else None
+        )
+        input_ids = batch["input_ids"].to(self.loaded.device)
+        attention_mask = batch["attention_mask"].to(self.loaded.device)
+        with self.loaded.lock, torch.inference_mode():
+            result = self.strategy.decode(
+                self.loaded.model,
+                input_ids,
+                attention_mask,
+                params,
+                eos_token_ids=self.eos_token_ids,
+                pad_token_id=self.pad_token_id,
+                streamer=streamer,
+                stop_event=stop_event,
+                sources=source_ids,
+                **({"limits": list(limits)} if limits is not None else {}),  # only strategies that mix limits
+            )
+        prompt_lengths = attention_mask.sum(dim=1).tolist()
+        outputs = []
+        stops = set(self.eos_token_ids)
+        rows = result.tokens.tolist()
+        for i, (row, stats, n_prompt) in enumerate(zip(rows, result.stats, prompt_lengths, strict=True)):
+            ids: list[int] = []
+            finish: Literal["stop", "length"] = "length"
+            for token in row[: limits[i]] if limits is not None else row:
+                if token in stops:
+                    finish = "stop"
+                    break
+                ids.append(token)
+            outputs.append(
+                GenerationOutput(
+                    token_ids=ids,
+                    text=decode_text(self.tokenizer, ids),
+                    finish_reason=finish,
+                    prompt_tokens=int(n_prompt),
+                    stats=stats,
+                )
+            )
+        return outputs
+
+    def stream(
+        self, prompt: str, params: GenerationParams, source: str | None = None
+    ) -> Iterator[str | GenerationOutput]:
+        pieces: queue.Queue[Any] = queue.Queue()
+        stop_event = threading.Event()
+        done = object()
+        result: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                sources = [source] if source is not None else None
+                result["output"] = self._run([prompt], params, _QueueStreamer(pieces), stop_event, sources)[0]
+            except BaseException as exc:  # re-raised in the consumer
+                result["error"] = exc
+            finally:
+                pieces.put(done)
+
+        thread = threading.Thread(target=work, name="aligner-stream", daemon=True)
+        thread.start()
+        decoder = IncrementalDecoder(self.tokenizer, set(self.eos_token_ids))
+        try:
+            while (item := pieces.get()) is not done:
+                piece = decoder.push(item)
+                if piece:
+                    yield piece
+            thread.join()
+            if "error" in result:
+                raise result["error"]
+            output: GenerationOutput = result["output"]
+            tail = decoder.finish(output.text)
+            if tail:
+                yield tail
+            yield output
+        finally:
+            stop_event.set()

@@ -1,0 +1,48 @@
+"""`aligner-chains` command line: a thin face over the library (parse, call, print).
+
+Every subcommand is registered here, from `COMMANDS`: each module adds its own with ``add_cli(subparsers)``
+and imports heavy packages (torch, transformers, FastAPI, the trainers) only when its command runs, so
+``aligner-chains --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from aligner_chains.cli import correct, demo, evaluate, serve, synthesize, train
+from aligner_chains.core.errors import AlignerError
+
+__all__ = ["COMMANDS", "build_parser", "main"]
+
+DESCRIPTION = "`aligner-chains` command line: a thin face over the library (parse, call, print)."
+
+#: The subcommand modules, in the order of ``aligner-chains --help``.
+COMMANDS = (demo, correct, train, evaluate, synthesize, serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``aligner-chains`` parser with every subcommand of `COMMANDS`."""
+    parser = argparse.ArgumentParser(prog="aligner-chains", description=DESCRIPTION)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for module in COMMANDS:
+        module.add_cli(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``aligner-chains`` console script."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.overrides = rest
+    try:
+        return int(args.func(args))
+    except AlignerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume.", file=sys.stderr)
+        return 130
