@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-min lint bench clean
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,35 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
+# The dependency floors: a fresh .venv-min with exactly requirements-min.txt (the floors of pyproject.toml)
+# runs the core, LangChain and LlamaIndex tests. torch is the exception: it stays the CPU build on this
+# machine's disk, since any other build (its floor, 2.6, included) downloads GBs of CUDA wheels; where
+# that is fine, `make test-min MIN_TORCH_SPEC=torch==2.6.0` tries the floor.
+MIN_VENV ?= .venv-min
+MIN_TORCH_SPEC ?= torch==2.13.0
+# Test tools and the serve stack (the remote backend's tests run a server); not floors, pip picks them.
+MIN_TEST_TOOLS := pytest pytest-asyncio langchain-tests fastapi uvicorn httpx prometheus-client
+# The core, LangChain and LlamaIndex tests, and fine-tuning (on accelerate, so its floor is run too).
+MIN_TESTS := tests/test_aligner.py tests/test_loading.py tests/test_speculative.py tests/test_micro_batching.py \
+	tests/test_templates.py tests/test_remote_backend.py \
+	tests/test_langchain_runnable.py tests/test_langchain_chat_model.py tests/test_langchain_question.py \
+	tests/test_langchain_middleware.py \
+	tests/test_llama_index_postprocessor.py tests/test_llama_index_query_engine.py \
+	tests/test_llama_index_workflow.py tests/test_llama_index_instrumentation.py \
+	tests/test_finetune.py
+
+test-min: $(MIN_VENV)/.installed
+	$(MIN_VENV)/bin/python -m pytest -q $(MIN_TESTS)
+
+$(MIN_VENV)/.installed: pyproject.toml requirements-min.txt
+	rm -rf $(MIN_VENV)
+	$(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/pip install --quiet --upgrade pip
+	$(MIN_VENV)/bin/pip install --quiet "$(MIN_TORCH_SPEC)"
+	$(MIN_VENV)/bin/pip install --quiet -c requirements-min.txt -e ".[langchain,lora]" $(MIN_TEST_TOOLS)
+	$(MIN_VENV)/bin/pip check
+	touch $@
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -34,4 +63,4 @@ bench: install
 	$(BIN)/python -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache
+	rm -rf $(VENV) $(MIN_VENV) build dist .pytest_cache

@@ -9,17 +9,22 @@ which also works inside a running event loop (Jupyter).
 
 Also here, because every job calls a model the same way: `ainvoke` (a LangChain runnable or a plain
 function), `output_text` (the text of whatever it returned), and `check_format` for user prompt templates.
+And the file helpers of every resumable output (here, the CLI, training): `repair_torn_tail` (a kill
+mid-write costs at most the torn line), `jsonl_lines` (records split at LF only) and `write_atomic`.
 This layer sits above ``core`` and below ``finetune``/``evaluate``/``synthesize``; it imports no adapter.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import inspect
 import json
+import os
 import random
-from collections.abc import Awaitable, Callable, Hashable, Iterable
+import uuid
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,13 +50,16 @@ __all__ = [
     "check_format",
     "content_text",
     "is_async_callable",
+    "jsonl_lines",
     "output_text",
     "progress_bar",
     "read_log",
+    "repair_torn_tail",
     "run_bounded",
     "run_jobs",
     "run_sync",
     "stable_key",
+    "write_atomic",
 ]
 
 # ------------------------------------------------------------------------- retries and concurrency
@@ -157,23 +165,83 @@ def stable_key(*parts: Any) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
 
 
+# ------------------------------------------------------------------------ files that survive a kill
+
+
+def repair_torn_tail(path: str | Path) -> int:
+    """Cut a torn last line (a write cut short by a kill) off ``path`` in place; return the size kept.
+
+    One ``truncate`` at the byte after the last LF, so a kill at any moment leaves either the file as
+    it was or the file without its torn tail: never less (the file is not rewritten).
+    """
+    with open(path, "r+b") as handle:
+        end = handle.seek(0, os.SEEK_END)
+        if end == 0:
+            return 0
+        handle.seek(end - 1)
+        if handle.read(1) == b"\n":
+            return end
+        keep, position = 0, end
+        while position > 0:
+            start = max(0, position - _BLOCK)
+            handle.seek(start)
+            found = handle.read(position - start).rfind(b"\n")
+            if found >= 0:
+                keep = start + found + 1
+                break
+            position = start
+        handle.truncate(keep)
+        return keep
+
+
+_BLOCK = 1 << 20
+
+
+def jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of the non-blank lines of a JSONL text.
+
+    Lines end at LF only (a CR before it is JSON whitespace): never at U+2028, U+2029 or U+0085, which
+    ``json.dumps(..., ensure_ascii=False)`` writes raw inside strings and ``str.splitlines`` would split on.
+    """
+    for number, line in enumerate(text.split("\n"), start=1):
+        if line.strip(" \t\r"):
+            yield number, line
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Replace ``path`` with ``text`` (UTF-8) all at once: a kill leaves the old file or the new, never half.
+
+    Written to a temporary file in the same directory, flushed to disk, then renamed over ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A fresh name, created exclusively ("x") with the usual permissions (mkstemp's would be 0600).
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with open(temporary, "x", encoding="utf-8", newline="") as sink:
+            sink.write(text)
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
 def read_log(path: str | Path) -> list[Record]:
     """The records of a JSONL log (none if it does not exist yet).
 
-    A torn last line (a write cut short by an interruption) is removed from the file, as in the
-    ``aligner-chains correct`` output; any other line that is not a JSON object raises `DataError`.
+    A torn last line (a write cut short by an interruption) is cut off the file in place
+    (`repair_torn_tail`), as in the ``aligner-chains correct`` output; any other line that is not a
+    JSON object raises `DataError`.
     """
     path = Path(path)
     if not path.exists():
         return []
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        data = data[: data.rfind(b"\n") + 1]
-        path.write_bytes(data)
+    repair_torn_tail(path)
     records = []
-    for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, line in jsonl_lines(path.read_text(encoding="utf-8")):
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:

@@ -44,18 +44,24 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-async def _load(n: int, call: Callable[[int], Awaitable[bool]]) -> dict[str, Any]:
+async def run_load(n: int, call: Callable[[int], Awaitable[bool]], concurrency: int | None = None) -> dict[str, Any]:
+    """Run ``call(0..n-1)`` all at once; count errors (exceptions and False) and time each successful call.
+
+    ``concurrency`` bounds the calls outstanding at once (each is timed from when it starts); None: no bound.
+    """
     latencies: list[float] = []
     errors: list[str] = []
+    slots = asyncio.Semaphore(concurrency or n or 1)
 
     async def timed(i: int) -> None:
-        started = time.perf_counter()
-        try:
-            ok = await call(i)
-        except Exception as exc:  # counted, not raised: the benchmark reports errors
-            errors.append(f"{i}: {type(exc).__name__}: {exc}"[:200])
-            return
-        latencies.append(time.perf_counter() - started)
+        async with slots:
+            started = time.perf_counter()
+            try:
+                ok = await call(i)
+            except Exception as exc:  # counted, not raised: the benchmark reports errors
+                errors.append(f"{i}: {type(exc).__name__}: {exc}"[:200])
+                return
+            latencies.append(time.perf_counter() - started)
         if not ok:
             errors.append(f"{i}: reply does not match its request")
 
@@ -134,8 +140,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                         ("server /v1/completions via Aligner.from_server", via_remote),
                         ("proxy /v1/chat/completions (fake upstream, 1/5 streamed)", chat),
                     ):
-                        await _load(args.warmup, call)
-                        row = await _load(args.requests, call)
+                        await run_load(args.warmup, call)
+                        row = await run_load(args.requests, call)
                         row["scenario"] = name
                         rows.append(row)
                         print(

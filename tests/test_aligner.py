@@ -168,7 +168,11 @@ def test_too_long_input_raises_with_counts(tiny_aligner: Aligner) -> None:
         tiny_aligner.correct("q", huge)
     err = info.value
     assert err.context == 512 and err.max_new_tokens == 8 and err.prompt_tokens > 512
-    assert str(err.prompt_tokens) in str(err) and "truncate_question" in str(err)
+    assert str(err.prompt_tokens) in str(err)
+    # The answer alone is too long: cutting the question cannot help, so it is not suggested.
+    assert "truncate_question" not in str(err) and "even with the question removed" in str(err)
+    with pytest.raises(InputTooLongError, match="overflow='truncate_question'"):
+        tiny_aligner.correct(huge, "a")  # a long question: cutting it would help
 
 
 def test_truncate_question_cuts_from_the_left(tiny_model_dir: Path) -> None:
@@ -262,3 +266,32 @@ def test_diff_reports_changed_spans() -> None:
     assert c.original[edit.orig_start : edit.orig_end] == "555-1234"
     assert c.corrected[edit.corr_start : edit.corr_end] == "[PHONE]"
     assert "corrected" not in c.summary() and c.summary()["original"] == c.original
+
+
+def _break_prompts_with(marker: str, aligner: Aligner, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = aligner.backend.generate
+
+    def generate(prompts, params, **kwargs):
+        if any(marker in prompt for prompt in prompts):
+            raise RuntimeError("this row breaks the model")
+        return original(prompts, params, **kwargs)
+
+    monkeypatch.setattr(aligner.backend, "generate", generate)
+
+
+def test_a_failing_pair_fails_only_itself(tiny_aligner: Aligner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch whose generation fails is retried pair by pair: under passthrough or return_exceptions
+    only the pair that breaks it fails; under "raise" (the default) its error is raised."""
+    _break_prompts_with("BOOM", tiny_aligner, monkeypatch)
+    pairs = [PAIRS[0], ("BOOM?", "An answer."), PAIRS[2], ("Long?", "word " * 2000)]
+    singles = [tiny_aligner.correct(*PAIRS[0]).corrected, tiny_aligner.correct(*PAIRS[2]).corrected]
+    passed = tiny_aligner.correct_batch(pairs, on_error="passthrough")
+    assert [passed[0].corrected, passed[2].corrected] == singles
+    assert passed[1].finish_reason == "error" and "breaks the model" in (passed[1].error or "")
+    assert passed[3].finish_reason == "error" and "InputTooLongError" in (passed[3].error or "")
+    returned = tiny_aligner.correct_batch(pairs, return_exceptions=True)
+    assert [returned[0].corrected, returned[2].corrected] == singles
+    assert isinstance(returned[1], RuntimeError) and isinstance(returned[3], InputTooLongError)
+    assert isinstance(returned[0], Correction)
+    with pytest.raises((RuntimeError, InputTooLongError)):
+        tiny_aligner.correct_batch(pairs)

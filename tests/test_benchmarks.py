@@ -36,3 +36,19 @@ def test_speed_benchmark_quick_run(capsys: pytest.CaptureFixture[str]) -> None:
     assert "| 1 | copy-aware |" in out and "micro-batched, max_batch_size=32" in out
     assert "False" not in out  # every decoding row reproduced plain greedy output
     assert RESULTS.read_text(encoding="utf-8") == before
+
+
+def test_precision_benchmark_quick_run(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import precision
+
+    before = RESULTS.read_text(encoding="utf-8")
+    assert precision.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "| llama | float32 | 4/4 | 4/4 | 4/4 | copy-aware |" in out  # fp32: identical to plain greedy
+    assert "| llama | bfloat16 |" in out
+    assert precision.agreement([[1, 2, 3], [4, 5]], [[1, 2, 3], [4, 6, 7]]) == {
+        "identical": 1,
+        "rows": 2,
+        "first_differences": [1],
+    }
+    assert RESULTS.read_text(encoding="utf-8") == before

@@ -38,3 +38,9 @@ def test_evaluate_and_synthesize_notebook_runs(
     assert "length ratio: mean 1.04, median 0.83" in text
     # part 3: a dataset that `train sft` reads
     assert "training rows, e.g." in text and (tmp_path / "synth" / "qac.jsonl").is_file()
+    # part 4: the Aligner paper's protocol on the fixture slices: each set on its dimensions, scores, AlpacaEval
+    assert "truthfulqa/truthful_qa" in text and "| honesty | truthfulqa | 4 |" in text
+    assert "| harmlessness | harmfulqa | 5 |" in text and "| cost | all | 20 | lower |" in text
+    assert "'dataset': 'beavertails'" in text and "'original_output'" in text
+    assert (tmp_path / "paper_eval" / "report.json").is_file()
+    assert (tmp_path / "paper_eval" / "alpaca_eval" / "model_outputs.json").is_file()

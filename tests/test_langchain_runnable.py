@@ -16,7 +16,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.runnables import ConfigurableField, RunnableLambda, RunnablePassthrough
 
 import aligner_chains
-from aligner_chains import Aligner, ModelNotFoundError
+from aligner_chains import Aligner, ConfigError, InputTooLongError, ModelNotFoundError
 from aligner_chains.backends.local.strategy import HFGenerate
 from aligner_chains.langchain import DIFF_EVENT, AlignerRunnable
 from aligner_chains.langchain.testing import ScriptedChatModel
@@ -118,8 +118,10 @@ def test_options_pass_through_to_loading(monkeypatch: pytest.MonkeyPatch) -> Non
             },
         )
     ]
-    with pytest.raises(Exception, match="Extra inputs"):
+    with pytest.raises(ConfigError, match="unknown option 'max_tokens'. Did you mean 'max_new_tokens'"):
         AlignerRunnable(max_tokens=3)
+    with pytest.raises(ConfigError, match="'devcie'. Did you mean 'device'"):
+        AlignerRunnable("demo", devcie="cpu")
 
 
 def test_name_and_unknown_input_type(aligner: AlignerRunnable) -> None:
@@ -261,6 +263,49 @@ def test_batch_return_exceptions_keeps_good_items(aligner: AlignerRunnable) -> N
     assert isinstance(outs[0], str) and isinstance(outs[1], TypeError)
     with pytest.raises(TypeError):
         aligner.batch([A, 42])
+
+
+def _break_on(marker: str, aligner: Aligner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every generation that holds a prompt with ``marker`` fail (as a row that breaks the model would)."""
+    original = aligner.backend.generate
+
+    def generate(prompts, params, **kwargs):
+        if any(marker in prompt for prompt in prompts):
+            raise RuntimeError("this row breaks the model")
+        return original(prompts, params, **kwargs)
+
+    monkeypatch.setattr(aligner.backend, "generate", generate)
+
+
+BATCH_INPUTS = [
+    {"question": Q, "answer": A},
+    {"question": "BOOM?", "answer": A},  # fails in generation
+    {"question": Q, "answer": "word " * 2000},  # fails before: longer than the context
+    {"question": "Hi", "answer": "Hello!"},
+]
+
+
+def test_batch_return_exceptions_fails_only_the_failing_input(
+    aligner: AlignerRunnable, tiny_aligner: Aligner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As langchain-core's batch: one failing input fails only itself, in generation or before it."""
+    _break_on("BOOM", tiny_aligner, monkeypatch)
+    singles = [aligner.invoke(BATCH_INPUTS[i])["answer"] for i in (0, 3)]
+    outs = aligner.batch(BATCH_INPUTS, return_exceptions=True)
+    assert [outs[0]["answer"], outs[3]["answer"]] == singles
+    assert isinstance(outs[1], RuntimeError) and "breaks the model" in str(outs[1])
+    assert isinstance(outs[2], InputTooLongError)
+    with pytest.raises((RuntimeError, InputTooLongError)):
+        aligner.batch(BATCH_INPUTS)
+
+
+async def test_abatch_return_exceptions_fails_only_the_failing_input(
+    aligner: AlignerRunnable, tiny_aligner: Aligner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _break_on("BOOM", tiny_aligner, monkeypatch)
+    outs = await aligner.abatch(BATCH_INPUTS, return_exceptions=True)
+    assert [type(o) for o in outs] == [dict, RuntimeError, InputTooLongError, dict]
+    assert outs[0]["answer"] == (await aligner.ainvoke(BATCH_INPUTS[0]))["answer"]
 
 
 # ---------------------------------------------------------------------------- streaming

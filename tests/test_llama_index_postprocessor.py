@@ -173,6 +173,29 @@ def test_error_policy_passthrough_marks_only_the_failed_node(tiny_aligner: Align
     assert [n.score for n in out] == [0.9, 0.5, 0.1]
 
 
+def test_a_node_that_breaks_generation_fails_only_itself(
+    index: VectorStoreIndex, tiny_aligner: Aligner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch path: a generation error of one node (not only a too-long input) marks that node alone."""
+    nodes = _retrieved(index)
+    broken = next(i for i, n in enumerate(nodes) if "Paris" in n.node.get_content())
+    original = tiny_aligner.backend.generate
+
+    def generate(prompts, params, **kwargs):
+        if any("Paris" in prompt for prompt in prompts):
+            raise RuntimeError("this node breaks the model")
+        return original(prompts, params, **kwargs)
+
+    monkeypatch.setattr(tiny_aligner.backend, "generate", generate)
+    out = AlignerNodePostprocessor(tiny_aligner, on_error="passthrough").postprocess_nodes(nodes, query_str=QUERY)
+    assert out[broken].node.metadata["aligner_error"] == "RuntimeError: this node breaks the model"
+    assert out[broken].node.get_content() == nodes[broken].node.get_content()
+    for i, node in enumerate(out):
+        if i != broken:
+            assert "aligner_error" not in node.node.metadata
+            assert node.node.get_content() == tiny_aligner.correct(QUERY, nodes[i].node.get_content()).corrected
+
+
 async def test_error_policy_passthrough_async(tiny_aligner: Aligner) -> None:
     out = await AlignerNodePostprocessor(tiny_aligner, on_error="passthrough").apostprocess_nodes(
         _nodes_with_long(), query_str=QUERY
@@ -197,7 +220,7 @@ def test_lazy_loading_and_options(tiny_model_dir: Path, tiny_aligner: Aligner) -
 
     with pytest.raises(ConfigError, match="already built"):
         AlignerNodePostprocessor(tiny_aligner, device="cpu")
-    with pytest.raises(TypeError, match="Unknown Aligner option"):
+    with pytest.raises(ConfigError, match="unknown option 'devise'. Did you mean 'device'"):
         AlignerNodePostprocessor(tiny_aligner, devise="cpu")
     with pytest.raises(ConfigError, match="on_error"):
         AlignerNodePostprocessor(tiny_aligner, on_error="ignore")

@@ -15,6 +15,7 @@ from aligner_chains import (
     ModelNotFoundError,
     Template,
     TemplateError,
+    clear_model_cache,
     load_model,
 )
 from aligner_chains.backends.local.loading import LoadOptions, cached_model_count, resolve_device, resolve_dtype
@@ -31,6 +32,15 @@ def test_cache_shares_one_model_per_key(tiny_model_dir: Path) -> None:
     one = Aligner.from_pretrained(str(tiny_model_dir))
     two = Aligner.from_pretrained(str(tiny_model_dir), template="aligner-v1")
     assert one.backend.loaded.model is two.backend.loaded.model
+
+
+def test_clear_model_cache_of_one_model(tmp_path: Path, tiny_model_dir: Path) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, other)
+    kept, dropped = load_model(str(tiny_model_dir)), load_model(str(other))
+    clear_model_cache(str(other))
+    assert load_model(str(tiny_model_dir)) is kept  # other models keep their cached weights
+    assert load_model(str(other)) is not dropped
 
 
 def test_template_comes_from_aligner_config(tiny_model_dir: Path, tiny_pad_model_dir: Path) -> None:

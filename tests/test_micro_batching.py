@@ -129,3 +129,54 @@ async def test_local_micro_batch_equals_single_calls(tiny_model_dir: Path) -> No
     results = await asyncio.gather(*(batched.acorrect(q, a) for q, a in pairs))
     assert [r.corrected for r in results] == expected
     assert sizes == [3]
+
+
+class SlowBackend(EchoBackend):
+    """Takes up to ``steps`` decoding steps of 10 ms, stopping early once its ``stop`` signal is set."""
+
+    supports_stop = True
+
+    def __init__(self, steps: int = 300) -> None:
+        super().__init__()
+        self.steps = steps
+        self.started = threading.Event()
+        self.steps_run: list[int] = []
+
+    def generate(
+        self, prompts: Sequence[str], params: GenerationParams, sources: Sequence[str] | None = None, stop: Any = None
+    ) -> list[GenerationOutput]:
+        self.started.set()
+        step = 0
+        while step < self.steps and not (stop is not None and stop.is_set()):
+            threading.Event().wait(0.01)
+            step += 1
+        self.steps_run.append(step)
+        out = GenerationOutput(token_ids=[0] * step, text="x", finish_reason="length", prompt_tokens=1)
+        return [out for _ in prompts]
+
+
+@pytest.mark.parametrize("abandon", [["a", "b"], ["a"]])
+def test_running_batch_stops_once_every_caller_has_gone(abandon: list[str]) -> None:
+    backend = SlowBackend()
+    batcher = MicroBatcher(backend, max_batch_size=2, max_wait_ms=100)
+    params = GenerationParams(max_new_tokens=1000)
+    futures = {name: batcher.submit(f"##Answer: {name}\n##Correction:", params) for name in "ab"}
+    assert backend.started.wait(5)
+    for name in abandon:
+        futures[name].abandon()  # already running: it cannot be cancelled, only marked
+    for future in futures.values():
+        future.result(timeout=10)
+    stopped_early = backend.steps_run[0] < backend.steps
+    assert stopped_early == (len(abandon) == 2)  # a batch with one caller left runs to its end
+
+
+async def test_cancelled_acorrect_abandons_its_running_request() -> None:
+    backend = SlowBackend()
+    aligner = make(backend, max_wait_ms=1)
+    task = asyncio.create_task(aligner.acorrect("q", "an answer"))
+    await asyncio.to_thread(backend.started.wait, 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.to_thread(lambda: [threading.Event().wait(0.05) for _ in range(40) if not backend.steps_run])
+    assert backend.steps_run and backend.steps_run[0] < backend.steps

@@ -142,7 +142,7 @@ def test_bad_input_is_4xx_and_proxy_keeps_serving(
     tiny_aligner: Aligner, content: bytes, status: int, message: str
 ) -> None:
     client, upstream = _proxy(tiny_aligner, max_body_bytes=4096)
-    response = client.post("/v1/chat/completions", content=content)
+    response = client.post("/v1/chat/completions", content=content, headers={"Content-Type": "application/json"})
     assert response.status_code == status and message in response.json()["error"]["message"]
     assert upstream.state.requests == 0
     assert client.post("/v1/chat/completions", json={"messages": MESSAGES}).status_code == 200

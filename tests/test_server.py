@@ -24,6 +24,7 @@ from aligner_chains.server.testing import SlowBackend, sse_payloads
 
 Q, A = "How do I bake bread?", "Mix flour, water, salt and yeast."
 KEY = "server-test-key"
+JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +129,7 @@ def test_corrections_single_batch_stream(client: TestClient, tiny_aligner: Align
 def test_metrics_count_requests_tokens_and_corrections(client: TestClient) -> None:
     client.post("/v1/corrections", json={"question": Q, "answer": A})
     client.post("/v1/completions", json={"prompt": "x", "max_tokens": 2})
-    client.post("/v1/completions", content=b"{not json")
+    client.post("/v1/completions", content=b"{not json", headers=JSON)
     text = client.get("/metrics").text
     assert 'aligner_server_http_requests_total{method="POST",route="/v1/corrections",status="200"}' in text
     assert 'aligner_server_http_requests_total{method="POST",route="/v1/completions",status="400"}' in text
@@ -173,7 +174,7 @@ BAD = [
 @pytest.mark.parametrize(("endpoint", "body", "status", "message"), BAD, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD)])
 def test_bad_input_answers_clear_4xx(client: TestClient, endpoint: str, body: Any, status: int, message: str) -> None:
     url = f"/v1/{endpoint}"
-    response = client.post(url, content=body) if isinstance(body, bytes) else client.post(url, json=body)
+    response = client.post(url, content=body, headers=JSON) if isinstance(body, bytes) else client.post(url, json=body)
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert message in error["message"], error["message"]

@@ -183,8 +183,12 @@ def test_unset_limits_share_one_batch(tmp_path: Path, kind: str, monkeypatch: py
     else:
         from transformers import GPT2Config, GPT2LMHeadModel
 
+        from aligner_chains.backends.tokenizers import load_tokenizer
+
         build_tiny_llama(path, max_position_embeddings=128)  # for its tokenizer and aligner_config.json
-        tokenizer_vocab = len(load_model(str(path)).tokenizer)
+        # The tokenizer alone: loading the model would cache the Llama under this path (and keep its
+        # weights file mapped while GPT-2's overwrites it).
+        tokenizer_vocab = len(load_tokenizer(path))
         torch.manual_seed(0)
         config = GPT2Config(vocab_size=tokenizer_vocab, n_positions=128, n_embd=32, n_layer=2, n_head=4)
         GPT2LMHeadModel(config).save_pretrained(path)
@@ -196,6 +200,7 @@ def test_unset_limits_share_one_batch(tmp_path: Path, kind: str, monkeypatch: py
     ]
     spec = Aligner.from_pretrained(str(path), micro_batching=False)
     plain = Aligner.from_pretrained(str(path), micro_batching=False, speculative=False)
+    assert spec.backend.loaded.model.config.model_type == kind
     calls: list[int] = []
     original = spec.backend.generate
 

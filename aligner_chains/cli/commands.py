@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from aligner_chains.cli import correct, demo, evaluate, serve, synthesize, train
 from aligner_chains.core.errors import AlignerError
+from aligner_chains.core.options import unknown_option_error
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -35,10 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``aligner-chains`` console script."""
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if rest and not getattr(args, "accepts_overrides", False):
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.overrides = rest
     try:
+        if rest and not getattr(args, "accepts_overrides", False):
+            raise _unknown_argument(parser, args.command, rest)
         return int(args.func(args))
     except AlignerError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -46,3 +47,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume.", file=sys.stderr)
         return 130
+
+
+def _unknown_argument(parser: argparse.ArgumentParser, command: str, rest: list[str]) -> AlignerError:
+    """A `ConfigError` naming the first argument ``command`` does not take and its closest option."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    flags = [flag for action in sub._actions for flag in action.option_strings]
+    first = next((r for r in rest if r.startswith("-")), rest[0]).split("=", 1)[0]
+    hint = "" if first.startswith("-") else "It is not an option: extra positional arguments are not taken."
+    return unknown_option_error(first, flags, f"aligner-chains {command}", hint)

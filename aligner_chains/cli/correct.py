@@ -8,7 +8,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from aligner_chains.cli.options import add_model_options, completed_lines, load_aligner, read_pairs_jsonl
+from aligner_chains.cli.options import add_model_options, completed_lines, load_aligner, positive_int, read_pair_lines
+from aligner_chains.core.errors import DataError
+
+ON_ERROR_HELP = (
+    "what a row that cannot be corrected (too long, malformed, a lone surrogate, a failed generation) does: "
+    "'stop' (default) stops at it, naming its line, with the lines before it written, so a rerun resumes there; "
+    "'passthrough' writes the original answer as its correction, with finish_reason 'error' and the error; "
+    '\'skip\' writes a marker {"line": N, "skipped": true, "error": ...} instead. Every row keeps its '
+    "line, so the output has one line per input line and resuming stays right. A line that cannot be read "
+    "as a pair (not JSON, a field missing, a lone surrogate) has no answer to pass through: it gets the "
+    "marker under 'passthrough' too"
+)
 
 
 def add_cli(subparsers: Any) -> None:
@@ -19,7 +30,8 @@ def add_cli(subparsers: Any) -> None:
     correct.add_argument("-a", "--answer")
     correct.add_argument("--input", help="JSONL with 'question' and 'answer' on every line")
     correct.add_argument("--output", help="JSONL of corrections, one line per input line (resumable)")
-    correct.add_argument("--batch-size", type=int, default=16)
+    correct.add_argument("--batch-size", type=positive_int, default=16)
+    correct.add_argument("--on-error", choices=["stop", "passthrough", "skip"], default="stop", help=ON_ERROR_HELP)
     correct.add_argument("--json", action="store_true", help="print the whole Correction as JSON")
     correct.add_argument("--quiet", action="store_true", help="no progress bar")
     correct.set_defaults(func=cmd_correct)
@@ -40,29 +52,61 @@ def cmd_correct(args: argparse.Namespace) -> int:
         raise SystemExit("correct: --input needs --output out.jsonl")
     from tqdm import tqdm
 
-    rows = read_pairs_jsonl(Path(args.input))
-    pairs = [(row["question"], row["answer"]) for row in rows]
+    rows = read_pair_lines(Path(args.input))
     output = Path(args.output)
     done = completed_lines(output)
-    if done > len(pairs):
-        raise SystemExit(f"{output} has {done} lines but {args.input} only {len(pairs)}: wrong output file?")
-    if done == len(pairs):
+    if done > len(rows):
+        raise SystemExit(f"{output} has {done} lines but {args.input} only {len(rows)}: wrong output file?")
+    if done == len(rows):
         print(f"{output}: all {done} lines already corrected.", file=sys.stderr)
         return 0
+    if args.on_error == "stop":  # fail fast, before loading the model, on a line that cannot be read
+        bad = next((row for row in rows[done:] if isinstance(row, DataError)), None)
+        if bad is not None:
+            raise DataError(f"{bad} Fix the line, or pass --on-error passthrough|skip.")
     aligner = load_aligner(args)
     with (
         output.open("a", encoding="utf-8") as sink,
-        tqdm(total=len(pairs), initial=done, unit="pair", disable=args.quiet) as bar,
+        tqdm(total=len(rows), initial=done, unit="pair", disable=args.quiet) as bar,
     ):
-        for start in range(done, len(pairs), args.batch_size):
-            chunk = pairs[start : start + args.batch_size]
-            results = aligner.correct_batch(chunk, batch_size=args.batch_size)
-            for row, result in zip(rows[start : start + args.batch_size], results, strict=True):
-                extras = {k: v for k, v in row.items() if k not in ("question", "answer")}
-                sink.write(json.dumps({**extras, **result.model_dump()}, ensure_ascii=False) + "\n")
+        for start in range(done, len(rows), args.batch_size):
+            chunk = rows[start : start + args.batch_size]
+            pairs = [(row["question"], row["answer"]) for row in chunk if isinstance(row, dict)]
+            results = iter(aligner.correct_batch(pairs, batch_size=args.batch_size, on_error="passthrough"))
+            for number, row in enumerate(chunk, start=start + 1):
+                line, error = _output_line(row, None if isinstance(row, DataError) else next(results), args, number)
+                if error is not None and args.on_error == "stop":
+                    print(
+                        f"error: {error}\nStopped there: the {number - 1} lines before it are in {output}. Fix "
+                        "the line (or the settings) and rerun to resume at it, or pass --on-error passthrough|skip.",
+                        file=sys.stderr,
+                    )
+                    return 2
+                if error is not None:
+                    print(f"warning: {error} ({args.on_error})", file=sys.stderr)
+                sink.write(line)
+                bar.update(1)
             sink.flush()
-            bar.update(len(chunk))
     return 0
+
+
+def _output_line(row: Any, result: Any, args: argparse.Namespace, number: int) -> tuple[str, str | None]:
+    """The output line for input line ``number`` and the error that line carries (None: corrected)."""
+    if isinstance(row, DataError):
+        error = str(row)
+        return _json_line({"line": number, "skipped": True, "error": error}), error
+    extras = {k: v for k, v in row.items() if k not in ("question", "answer")}
+    if result.finish_reason != "error":
+        return _json_line({**extras, **result.model_dump()}), None
+    error = f"{args.input}:{number}: {result.error}"
+    if args.on_error == "skip":
+        return _json_line({**extras, "line": number, "skipped": True, "error": error}), error
+    return _json_line({**extras, **result.model_copy(update={"error": error}).model_dump()}), error
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    """One JSONL line (rows with a lone surrogate never get here: `read_pair_lines` refuses them)."""
+    return json.dumps(record, ensure_ascii=False) + "\n"
 
 
 def cmd_templates(args: argparse.Namespace) -> int:

@@ -12,14 +12,18 @@ from typing import Any
 
 from aligner_chains.core.errors import DataError
 from aligner_chains.core.model_files import default_model
+from aligner_chains.jobs import repair_torn_tail
 
 __all__ = [
     "MODEL_HELP",
     "add_model_options",
     "completed_lines",
     "load_aligner",
+    "lone_surrogate",
     "model_name",
     "open_aligner",
+    "positive_int",
+    "read_pair_lines",
     "read_pairs_jsonl",
 ]
 
@@ -33,7 +37,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--template", default=None, help="template name (default: from the checkpoint)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:0, mps")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
-    parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=None)
     parser.add_argument("--overflow", choices=["raise", "truncate_question"], default="raise")
 
 
@@ -65,31 +69,94 @@ def load_aligner(args: argparse.Namespace) -> Any:
 
 
 def read_pairs_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read ``{"question", "answer", ...}`` lines; a malformed line raises `DataError` naming it."""
-    rows: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                raise DataError(f"{path}:{number}: empty line; every line must be a JSON object.")
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: not valid JSON ({exc.msg}).") from exc
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}.")
-            for field in ("question", "answer"):
-                if not isinstance(row.get(field), str):
-                    raise DataError(f"{path}:{number}: field {field!r} is missing or not a string.")
-            rows.append(row)
+    """Read ``{"question", "answer", ...}`` lines; the first malformed line raises `DataError` naming it."""
+    rows = read_pair_lines(path)
+    for row in rows:
+        if isinstance(row, DataError):
+            raise row
+    return rows  # type: ignore[return-value]
+
+
+def read_pair_lines(path: Path) -> list[dict[str, Any] | DataError]:
+    """One entry per line of a ``{"question", "answer", ...}`` JSONL file: the row, or a `DataError` naming
+    the line and what is wrong (not UTF-8, not JSON, not an object, a field missing, a lone surrogate).
+
+    Lines end at LF only, never at U+2028, U+2029 or U+0085 (JSON strings may hold them raw).
+    """
+    rows: list[dict[str, Any] | DataError] = []
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            rows.append(_pair_row(raw, f"{path}:{number}"))
     return rows
 
 
+def _pair_row(raw: bytes, where: str) -> dict[str, Any] | DataError:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return DataError(f"{where}: not UTF-8 (byte {exc.start}: {raw[exc.start : exc.start + 1]!r}).")
+    if not line.strip():
+        return DataError(f"{where}: empty line; every line must be a JSON object.")
+    try:
+        row = json.loads(line)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        why = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+        return DataError(f"{where}: not valid JSON ({why}).")
+    if not isinstance(row, dict):
+        return DataError(f"{where}: expected a JSON object, got {type(row).__name__}.")
+    for field in ("question", "answer"):
+        if not isinstance(row.get(field), str):
+            return DataError(f"{where}: field {field!r} is missing or not a string.")
+    surrogate = lone_surrogate(row)
+    if surrogate is not None:
+        return DataError(
+            f"{where}: {surrogate} holds a lone surrogate (an escaped \\ud800-\\udfff without its pair), which is "
+            "not text (often an emoji cut in half)."
+        )
+    return row
+
+
+def lone_surrogate(value: Any, name: str = "the line") -> str | None:
+    """Where a JSON value holds a string with a lone surrogate (``"field 'answer' at character 3"``), or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return f"{name} at character {exc.start}"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            label = f"field {key!r}" if name == "the line" else f"{name}[{key!r}]"
+            found = lone_surrogate(key, f"a key of {name}") or lone_surrogate(item, label)
+            if found:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = lone_surrogate(item, f"{name}[{index}]")
+            if found:
+                return found
+    return None
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (``--batch-size 0`` is a usage error, not a crash later)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number (use 1 or more)")
+    return value
+
+
 def completed_lines(path: Path) -> int:
-    """Lines already written to ``path`` by an earlier run; a torn last line (interrupted write) is removed."""
+    """Lines already written to ``path`` by an earlier run; a torn last line (interrupted write) is cut off
+    in place (`repair_torn_tail`: a kill during the repair loses nothing else)."""
     if not path.exists():
         return 0
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        data = data[: data.rfind(b"\n") + 1]
-        path.write_bytes(data)
-    return data.count(b"\n")
+    size = repair_torn_tail(path)
+    lines = 0
+    with path.open("rb") as handle:
+        while size > 0 and (block := handle.read(1 << 20)):
+            lines += block.count(b"\n")
+    return lines

@@ -35,6 +35,24 @@ def add_cli(subparsers: Any) -> None:
     serve.add_argument("--max-batch-items", type=int, default=64, help="most prompts or items in one request")
     serve.add_argument("--max-in-flight", type=int, default=1024, help="concurrent requests before 429")
     serve.add_argument("--batch-size", type=int, default=16, help="pairs per padded generation for items")
+    serve.add_argument(
+        "--header-timeout", type=float, default=10.0, help="seconds a client may take to send its headers (then closed)"
+    )
+    serve.add_argument("--body-timeout", type=float, default=30.0, help="seconds a client may take to send its body")
+    serve.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a web origin whose pages may call the API (repeatable; default: none, no CORS headers)",
+    )
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        default=None,
+        metavar="HOST",
+        help="a Host name to answer for, e.g. localhost or *.example.com (repeatable; default: any); others get 400",
+    )
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(func=cmd_serve)
 
@@ -53,6 +71,10 @@ def build_app(args: argparse.Namespace) -> Any:
         max_batch_items=args.max_batch_items,
         max_in_flight=args.max_in_flight,
         batch_size=args.batch_size,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        cors_allow_origins=args.cors_origin,
+        allowed_hosts=args.allowed_host,
     )
     return create_app(load_aligner(args), config)
 
@@ -80,5 +102,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     if args.host not in LOOPBACK and not server.config.api_key:
         print(f"warning: listening on {args.host} without an API key; set ${args.api_key_env}.", file=sys.stderr)
-    run_server(app, host=args.host, port=args.port, log_level=args.log_level)
+    run_server(app, host=args.host, port=args.port, log_level=args.log_level, header_timeout=args.header_timeout)
     return 0

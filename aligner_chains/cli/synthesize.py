@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from aligner_chains.cli.options import positive_int
+
 
 def add_cli(subparsers: Any) -> None:
     """Add the ``synthesize`` subcommand."""
@@ -41,7 +43,7 @@ def add_cli(subparsers: Any) -> None:
     parser.add_argument("--length-slack", type=int, default=400, help="characters allowed beyond the ratio")
     parser.add_argument("--max-chars", type=int, default=20000, help="runaway: longer than this many characters")
     parser.add_argument("--no-dedupe", action="store_true", help="keep repeated questions")
-    parser.add_argument("--max-concurrency", type=int, default=8)
+    parser.add_argument("--max-concurrency", type=positive_int, default=8)
     parser.add_argument("--retries", type=int, default=3)
     parser.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds (doubles)")
     parser.add_argument("--seed", type=int, default=0)

@@ -4,7 +4,7 @@ Nothing here imports torch, transformers, LangChain, LlamaIndex or an HTTP clien
 that run models live in ``aligner_chains.backends``.
 """
 
-from aligner_chains.core.aligner import LOADING_OPTIONS, Aligner, resolve_aligner
+from aligner_chains.core.aligner import Aligner
 from aligner_chains.core.errors import (
     AlignerError,
     BackendError,
@@ -12,6 +12,7 @@ from aligner_chains.core.errors import (
     CheckpointError,
     ConfigError,
     DataError,
+    DatasetNotFoundError,
     InputTooLongError,
     MissingDependencyError,
     MissingQuestionError,
@@ -20,6 +21,8 @@ from aligner_chains.core.errors import (
 )
 from aligner_chains.core.generation import Backend, GenerationOutput, GenerationParams
 from aligner_chains.core.model_files import DEFAULT_MODEL_ENV, default_model
+from aligner_chains.core.options import LOADING_OPTIONS
+from aligner_chains.core.resolve import resolve_aligner
 from aligner_chains.core.result import Correction, Edit
 from aligner_chains.core.templates import Template, get_template, list_templates, register_template
 
@@ -35,6 +38,7 @@ __all__ = [
     "ConfigError",
     "Correction",
     "DataError",
+    "DatasetNotFoundError",
     "Edit",
     "GenerationOutput",
     "GenerationParams",

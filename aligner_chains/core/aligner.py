@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from concurrent.futures import Future
+from collections.abc import AsyncIterator, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from aligner_chains.core.batching import default_batcher, run_batch
-from aligner_chains.core.errors import ConfigError, InputTooLongError, TemplateError
-from aligner_chains.core.generation import DEFAULT_MAX_NEW_TOKENS, Backend, GenerationOutput, GenerationParams
+from aligner_chains.core.batching import RequestFuture, default_batcher, run_isolated
+from aligner_chains.core.errors import BackendTimeoutError, ConfigError, InputTooLongError, TemplateError
+from aligner_chains.core.generation import Backend, GenerationOutput, GenerationParams
 from aligner_chains.core.model_files import default_model
+from aligner_chains.core.options import TokenizerMode, as_pair
 from aligner_chains.core.result import Correction
 from aligner_chains.core.templates import DEFAULT_TEMPLATE, Template, get_template, template_for_model
 
@@ -22,6 +25,11 @@ if TYPE_CHECKING:  # the local backend (torch, transformers) is imported only by
 
 Overflow = Literal["raise", "truncate_question"]
 OnError = Literal["raise", "passthrough"]
+
+# `acorrect` renders and counts tokens here (CPU work that would stall an event loop), apart from the default
+# executor, whose threads long streamed generations may hold. Two threads: a local tokenizer runs one call at
+# a time anyway, and each thread preparing a huge input holds its own copies of it (memory).
+_PREPARER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="aligner-prepare")
 
 
 @dataclass
@@ -34,6 +42,11 @@ class _Prepared:
     prompt_tokens: int
     params: GenerationParams
     skip: bool = False
+
+    @property
+    def source(self) -> str:
+        """What copy-aware decoding drafts from: the answer."""
+        return self.answer
 
 
 class Aligner:
@@ -54,6 +67,7 @@ class Aligner:
         micro_batching: bool = True,
         max_batch_size: int = 16,
         max_wait_ms: float = 5.0,
+        timeout: float = 600.0,
     ) -> None:
         if overflow not in ("raise", "truncate_question"):
             raise ConfigError(f"overflow={overflow!r}: use 'raise' or 'truncate_question'.")
@@ -64,6 +78,10 @@ class Aligner:
         if isinstance(generation, dict):
             generation = GenerationParams().merged(generation)
         self.generation = generation or GenerationParams()
+        backend.check_generation(self.generation)  # typos fail here, not on the first call
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
+            raise ConfigError(f"timeout={timeout!r}: use the seconds a micro-batched call may wait (> 0).")
+        self.timeout = float(timeout)
         self.overflow: Overflow = overflow
         # Concurrent single calls on one backend join one batch (one batcher per backend, shared by copies).
         self._batcher = (
@@ -84,6 +102,7 @@ class Aligner:
         trust_remote_code: bool = False,
         allow_pickle: bool = False,
         revision: str | None = None,
+        tokenizer_mode: TokenizerMode = "auto",
         overflow: Overflow = "raise",
         on_error: OnError = "raise",
         strategy: DecodingStrategy | None = None,
@@ -91,6 +110,7 @@ class Aligner:
         micro_batching: bool = True,
         max_batch_size: int = 16,
         max_wait_ms: float = 5.0,
+        timeout: float = 600.0,
         **generation: Any,
     ) -> Aligner:
         """Load an Aligner from a local path, ``"demo"`` or a hub id (through the shared model cache).
@@ -100,16 +120,28 @@ class Aligner:
 
         The template comes from ``template=``, else the checkpoint's ``aligner_config.json``, else
         the table of released checkpoints; otherwise a `TemplateError` asks for ``template=``.
-        Remaining keyword arguments are generation settings (``max_new_tokens``, ``do_sample``, ...).
-        Greedy decoding uses copy-aware speculative decoding (exact: same tokens as plain greedy,
-        fewer forward passes); ``speculative=False`` or a ``strategy=`` selects another decoder.
+        Remaining keyword arguments are generation settings (``max_new_tokens``, ``do_sample``, keys of
+        transformers' ``GenerationConfig``); an unknown one raises `ConfigError` naming the closest option.
+        ``tokenizer_mode`` chooses how a sentencepiece checkpoint encodes (see `load_tokenizer`).
+        A micro-batched call waits at most ``timeout`` seconds for its batch (`BackendTimeoutError`).
+        Greedy decoding uses copy-aware speculative decoding on models where it is exact (same tokens
+        as plain greedy in fp32, fewer forward passes; others run plain ``generate``, as
+        ``Correction.stats["decoder_reason"]`` says); ``speculative=False`` or ``strategy=`` chooses.
         Concurrent ``correct``/``acorrect`` calls arriving within ``max_wait_ms`` share one batch of
         up to ``max_batch_size`` (``micro_batching=False`` runs each call on its own).
         ``on_error="passthrough"`` turns a failed correction into the unchanged answer with
         ``finish_reason="error"`` and the reason in ``Correction.error``.
         """
-        from aligner_chains.backends.local import HFGenerate, LoadOptions, LocalBackend, load_model
+        from aligner_chains.backends.local import (
+            HFGenerate,
+            LoadOptions,
+            LocalBackend,
+            check_generation_keys,
+            load_model,
+        )
 
+        named = set(inspect.signature(cls.from_pretrained).parameters) - {"generation"}
+        check_generation_keys(generation, also=named, where="Aligner.from_pretrained")  # before loading weights
         model = default_model() if model is None else model
         options = LoadOptions(
             device=device,
@@ -120,9 +152,11 @@ class Aligner:
             trust_remote_code=trust_remote_code,
             allow_pickle=allow_pickle,
             revision=revision,
+            tokenizer_mode=tokenizer_mode,
         )
         loaded = load_model(model, options)
         stored_generation = (loaded.aligner_config or {}).get("generation") or {}
+        check_generation_keys(stored_generation, where=f"The 'generation' of {model!r}'s aligner_config.json")
         generation = {**stored_generation, **generation}
         if template is None:
             stored = (loaded.aligner_config or {}).get("template")
@@ -142,6 +176,7 @@ class Aligner:
             micro_batching=micro_batching,
             max_batch_size=max_batch_size,
             max_wait_ms=max_wait_ms,
+            timeout=timeout,
         )
 
     @classmethod
@@ -207,6 +242,7 @@ class Aligner:
             overflow=self.overflow,
             on_error=on_error or self.on_error,
             micro_batching=self._batcher is not None,
+            timeout=self.timeout,
         )
 
     @property
@@ -215,6 +251,13 @@ class Aligner:
         return self.backend.name
 
     # ----------------------------------------------------------------- preparation
+
+    def _settings(self, overrides: dict[str, Any]) -> GenerationParams:
+        """This Aligner's generation settings with a call's ``overrides``, checked by the backend."""
+        params = self.generation.merged(overrides)
+        if overrides:
+            self.backend.check_generation(params)
+        return params
 
     def _prepare(self, question: Any, answer: Any, overrides: dict[str, Any]) -> _Prepared:
         """Validate, render and size one request.
@@ -226,7 +269,7 @@ class Aligner:
         for label, value in (("question", question), ("answer", answer)):
             if not isinstance(value, str):
                 raise TypeError(f"{label} must be a str, got {type(value).__name__}: {value!r:.80}")
-        params = self.generation.merged(overrides)
+        params = self._settings(overrides)
         if not answer.strip():
             return _Prepared(question, answer, "", 0, params, skip=True)
         prompt = self.template.render(question, answer)
@@ -234,9 +277,8 @@ class Aligner:
         context = self.backend.max_context
         explicit = params.max_new_tokens
         if context is None:
-            return _Prepared(
-                question, answer, prompt, n_prompt, params.with_max_new_tokens(explicit or DEFAULT_MAX_NEW_TOKENS)
-            )
+            max_new = explicit or self.backend.default_max_new_tokens
+            return _Prepared(question, answer, prompt, n_prompt, params.with_max_new_tokens(max_new))
         need = explicit if explicit is not None else self.backend.count_tokens(answer)
         if n_prompt + need > context and self.overflow == "truncate_question":
             fitted = self._fit_question(question, answer, context - need)
@@ -244,17 +286,21 @@ class Aligner:
                 question, prompt = fitted, self.template.render(fitted, answer)
                 n_prompt = self.backend.count_tokens(prompt)
         if n_prompt + need <= context:
-            max_new = explicit if explicit is not None else min(DEFAULT_MAX_NEW_TOKENS, context - n_prompt)
+            max_new = explicit if explicit is not None else min(self.backend.default_max_new_tokens, context - n_prompt)
             return _Prepared(question, answer, prompt, n_prompt, params.with_max_new_tokens(max_new))
         what = f"max_new_tokens={explicit}" if explicit is not None else f"the answer's own length ({need} tokens)"
+        # Cutting the question helps only when the prompt without it fits (truncate_question tried that already).
+        question_helps = (
+            self.overflow == "raise" and self.backend.count_tokens(self.template.render("", answer)) + need <= context
+        )
         raise InputTooLongError(
             f"The prompt takes {n_prompt} tokens; with {what} that is {n_prompt + need} tokens, more than "
             f"the model's context of {context}. Shorten the answer"
             + (" or lower max_new_tokens" if explicit is not None else "")
             + (
-                " (the answer alone is too long even with the question removed)."
-                if self.overflow == "truncate_question"
-                else ", or pass overflow='truncate_question' to cut the question from the left."
+                ", or pass overflow='truncate_question' to cut the question from the left."
+                if question_helps
+                else " (the answer alone is too long even with the question removed)."
             ),
             prompt_tokens=n_prompt,
             max_new_tokens=need,
@@ -326,25 +372,43 @@ class Aligner:
             return submitted
         req, future = submitted
         try:
-            out = future.result()
+            out = future.result(timeout=self.timeout)
+        except FutureTimeout:
+            return self._on_failure(question, answer, self._timed_out(future), on_error)
         except Exception as exc:
             return self._on_failure(question, answer, exc, on_error)
         return self._result(req, out, time.perf_counter() - started)
 
     def _submit(
         self, question: Any, answer: Any, on_error: OnError | None, generation: dict[str, Any]
-    ) -> Correction | tuple[_Prepared, Future[GenerationOutput]]:
+    ) -> Correction | tuple[_Prepared, RequestFuture]:
         """Prepare one request and queue it on the micro-batcher, or return its final result now."""
         assert self._batcher is not None
+        req = self._admit(question, answer, on_error, generation)
+        if isinstance(req, Correction):
+            return req
+        return req, self._batcher.submit(req.prompt, req.params, req.answer, req.prompt_tokens)
+
+    def _admit(
+        self, question: Any, answer: Any, on_error: OnError | None, generation: dict[str, Any]
+    ) -> Correction | _Prepared:
+        """Prepare one request (render, count tokens), or its final result when it needs no generation."""
         try:
             req = self._prepare(question, answer, generation)
-        except TypeError:
+        except (TypeError, ConfigError):  # a wrong call, not a failed correction
             raise
         except Exception as exc:
             return self._on_failure(question, answer, exc, on_error)
         if req.skip:
             return self._result(req, None, 0.0)
-        return req, self._batcher.submit(req.prompt, req.params, req.answer, req.prompt_tokens)
+        return req
+
+    def _timed_out(self, future: RequestFuture) -> BackendTimeoutError:
+        future.abandon()
+        return BackendTimeoutError(
+            f"No correction within timeout={self.timeout:g} s: the model is busy or stuck. Pass a larger "
+            "timeout= to Aligner.from_pretrained, or lower max_new_tokens or the load."
+        )
 
     def _on_failure(self, question: Any, answer: Any, exc: Exception, on_error: OnError | None) -> Correction:
         if self._policy(on_error) == "raise":
@@ -357,29 +421,37 @@ class Aligner:
         batch_size: int = 16,
         *,
         on_error: OnError | None = None,
+        return_exceptions: bool = False,
         **generation: Any,
     ) -> list[Correction]:
         """Correct many pairs: one padded generation per ``batch_size`` pairs, results in input order.
 
         Pairs are grouped by prompt length to waste little padding; each result's ``latency_s`` is
         the wall time of the batch it ran in. With ``on_error="passthrough"`` a pair that fails
-        (too long, generation error) comes back unchanged and marked, and the others still run.
+        (too long, generation error) comes back unchanged and marked, and the others still run; with
+        ``return_exceptions=True`` (and ``on_error="raise"``) its exception takes its place in the list,
+        as langchain-core's ``batch`` does. Either way a failing pair fails only itself.
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}.")
         policy = self._policy(on_error)
-        items = [_as_pair(pair, i) for i, pair in enumerate(pairs)]
-        results: list[Correction | None] = [None] * len(items)
+        self._settings(generation)  # a wrong setting fails the call, not each pair
+        items = [as_pair(pair, i) for i, pair in enumerate(pairs)]
+        results: list[Any] = [None] * len(items)
         prepared: dict[int, _Prepared] = {}
+
+        def fail(i: int, exc: Exception) -> None:
+            if policy == "raise" and not return_exceptions:
+                raise exc
+            results[i] = exc if policy == "raise" else self._failed(*items[i], exc)
+
         for i, (question, answer) in enumerate(items):
             try:
                 prepared[i] = self._prepare(question, answer, generation)
-            except TypeError:
-                raise
             except Exception as exc:
-                if policy == "raise":
-                    raise
-                results[i] = self._failed(question, answer, exc)
+                if isinstance(exc, (TypeError, ConfigError)) and not return_exceptions:
+                    raise  # a wrong call, not a failed correction
+                fail(i, exc)
         for i, req in prepared.items():
             if req.skip:
                 results[i] = self._result(req, None, 0.0)
@@ -387,24 +459,18 @@ class Aligner:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
             started = time.perf_counter()
-            try:
-                outputs = run_batch(
-                    self.backend,
-                    [prepared[i].prompt for i in chunk],
-                    [prepared[i].params for i in chunk],
-                    [prepared[i].answer for i in chunk],
-                    [prepared[i].prompt_tokens for i in chunk],
-                )
-            except Exception as exc:
-                if policy == "raise":
-                    raise
-                for i in chunk:
-                    results[i] = self._failed(*items[i], exc)
-                continue
+            outcomes = run_isolated(  # a failed batch is retried pair by pair, unless the first error is raised
+                self.backend,
+                [prepared[i] for i in chunk],
+                isolate=policy == "passthrough" or return_exceptions,
+            )
             latency = time.perf_counter() - started
-            for i, out in zip(chunk, outputs, strict=True):
-                results[i] = self._result(prepared[i], out, latency)
-        return [r for r in results if r is not None]
+            for i, out in zip(chunk, outcomes, strict=True):
+                if isinstance(out, Exception):
+                    fail(i, out)
+                else:
+                    results[i] = self._result(prepared[i], out, latency)
+        return results
 
     def iter_correction(
         self, question: str, answer: str, *, on_error: OnError | None = None, **generation: Any
@@ -428,7 +494,7 @@ class Aligner:
                     yield item
                 else:
                     yield self._result(req, item, time.perf_counter() - started)
-        except TypeError:
+        except (TypeError, ConfigError):  # a wrong call, not a failed correction
             raise
         except Exception as exc:
             if policy == "raise" or emitted:
@@ -452,12 +518,18 @@ class Aligner:
         if self._batcher is None:
             return await asyncio.to_thread(self.correct, question, answer, on_error=on_error, **generation)
         started = time.perf_counter()
-        submitted = self._submit(question, answer, on_error, generation)
-        if isinstance(submitted, Correction):
-            return submitted
-        req, future = submitted
+        loop = asyncio.get_running_loop()
+        req = await loop.run_in_executor(_PREPARER, self._admit, question, answer, on_error, generation)
+        if isinstance(req, Correction):
+            return req
+        future = self._batcher.submit(req.prompt, req.params, req.answer, req.prompt_tokens)
         try:
-            out = await asyncio.wrap_future(future)
+            out = await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
+        except asyncio.CancelledError:  # the caller has gone (e.g. a client disconnected): give the slot back
+            future.abandon()
+            raise
+        except (FutureTimeout, asyncio.TimeoutError):
+            return self._on_failure(question, answer, self._timed_out(future), on_error)
         except Exception as exc:
             return self._on_failure(question, answer, exc, on_error)
         return self._result(req, out, time.perf_counter() - started)
@@ -523,59 +595,3 @@ def _check_on_error(on_error: Any) -> OnError:
     if on_error not in ("raise", "passthrough"):
         raise ConfigError(f"on_error={on_error!r}: use 'raise' or 'passthrough'.")
     return on_error
-
-
-#: Keyword arguments of ``Aligner.from_pretrained`` that choose and place the weights (not generation).
-LOADING_OPTIONS = frozenset(
-    {
-        "template",
-        "device",
-        "dtype",
-        "device_map",
-        "quantization",
-        "adapter",
-        "trust_remote_code",
-        "allow_pickle",
-        "revision",
-        "overflow",
-        "strategy",
-    }
-)
-
-
-def resolve_aligner(aligner: Aligner | str | None = None, default: str | None = None, **options: Any) -> Aligner:
-    """An `Aligner` from what an adapter was given: an Aligner, a model path/hub id, or None.
-
-    None loads ``default``, or when that is None too the default model (`default_model`: ``$ALIGNER_MODEL``,
-    else the shipped demo).
-
-    Options left at None are ignored. For a built Aligner, generation settings and ``on_error``
-    apply to a copy sharing its weights; loading options (device, dtype, ...) cannot and raise.
-    Adapters call this lazily, so weights load on first use and come from the shared model cache.
-    """
-    options = {k: v for k, v in options.items() if v is not None}
-    on_error = options.pop("on_error", None)
-    if isinstance(aligner, Aligner):
-        loading = sorted(set(options) & LOADING_OPTIONS)
-        if loading:
-            raise ConfigError(
-                f"Loading options {loading} cannot apply to an already built Aligner; "
-                "pass a model name instead, or build the Aligner with them."
-            )
-        return aligner.with_options(on_error=on_error, **options) if (on_error or options) else aligner
-    if aligner is None:
-        aligner = default if default is not None else default_model()
-    if not isinstance(aligner, str):
-        raise TypeError(f"aligner must be an Aligner, a model path/hub id or None, got {type(aligner).__name__}")
-    return Aligner.from_pretrained(aligner, on_error=on_error or "raise", **options)
-
-
-def _as_pair(pair: Any, index: int) -> tuple[Any, Any]:
-    if isinstance(pair, Sequence) and not isinstance(pair, str) and len(pair) == 2:
-        return pair[0], pair[1]
-    if isinstance(pair, dict) and "question" in pair and "answer" in pair:
-        return pair["question"], pair["answer"]
-    raise TypeError(
-        f"Item {index} of pairs must be a (question, answer) tuple or a dict with 'question' and 'answer', "
-        f"got {type(pair).__name__}: {pair!r:.80}"
-    )

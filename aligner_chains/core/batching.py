@@ -5,11 +5,37 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import weakref
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from aligner_chains.core.generation import Backend, GenerationOutput, GenerationParams
+from aligner_chains.core.errors import BackendError
+from aligner_chains.core.generation import Backend, GenerationOutput, GenerationParams, StopSignal
+
+
+class RequestFuture(Future):  # type: ignore[type-arg]
+    """The future of one micro-batched request; `abandon` it when its caller has gone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.abandoned = threading.Event()
+
+    def abandon(self) -> None:
+        """Drop the request if still queued; if its batch runs, mark it so the batch can stop early."""
+        if not self.cancel():
+            self.abandoned.set()
+
+
+class _AllAbandoned:
+    """A stop signal for a running batch: set once every request in it has been abandoned."""
+
+    def __init__(self, requests: Sequence[_Request]) -> None:
+        self.requests = requests
+
+    def is_set(self) -> bool:
+        return all(request.future.abandoned.is_set() for request in self.requests)
 
 
 @dataclass
@@ -18,7 +44,7 @@ class _Request:
     params: GenerationParams
     source: str | None
     prompt_tokens: int
-    future: Future[GenerationOutput] = field(default_factory=Future)
+    future: RequestFuture = field(default_factory=RequestFuture)
 
     def key(self) -> str:
         """Requests with equal settings (apart from their token limit) can share a batch."""
@@ -30,71 +56,147 @@ class MicroBatcher:
 
     Each caller gets its own result through a future; when a batch fails, its requests are retried
     one by one, so one bad request does not fail the others.
+
+    The batcher holds its backend weakly and its worker thread ends after ``idle_s`` without requests
+    (the next request starts a new one), at once when the backend is gone: dropping every Aligner of a
+    model frees the model. A worker that dies fails every request it holds or that waits in the queue.
     """
 
-    def __init__(self, backend: Backend, max_batch_size: int = 16, max_wait_ms: float = 5.0) -> None:
-        self.backend = backend
+    def __init__(
+        self, backend: Backend, max_batch_size: int = 16, max_wait_ms: float = 5.0, idle_s: float = 30.0
+    ) -> None:
+        self._backend = weakref.ref(backend)
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000
+        self.idle_s = idle_s
         self._queue: queue.Queue[_Request] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self.batches_run = 0
 
+    @property
+    def backend(self) -> Backend:
+        """The backend batches run on (`BackendError` once it has been freed)."""
+        backend = self._backend()
+        if backend is None:
+            raise BackendError("The backend of this micro-batcher was freed: build the Aligner again.")
+        return backend
+
+    @property
+    def worker(self) -> threading.Thread | None:
+        """The worker thread, while one runs."""
+        return self._worker
+
     def submit(
         self, prompt: str, params: GenerationParams, source: str | None = None, prompt_tokens: int = 0
-    ) -> Future[GenerationOutput]:
-        """Queue one prompt; the returned future resolves to its `GenerationOutput`."""
+    ) -> RequestFuture:
+        """Queue one prompt; the returned future resolves to its `GenerationOutput` (`abandon` it to give up)."""
         request = _Request(prompt, params, source, prompt_tokens)
-        self._ensure_worker()
-        self._queue.put(request)
+        with self._start_lock:  # a worker about to end checks the queue under this lock: nothing is stranded
+            self._queue.put(request)
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._serve, name="aligner-micro-batcher", daemon=True)
+                self._worker.start()
         return request.future
 
-    def _ensure_worker(self) -> None:
-        if self._worker is not None and self._worker.is_alive():
-            return
-        with self._start_lock:
-            if self._worker is None or not self._worker.is_alive():
-                self._worker = threading.Thread(target=self._loop, name="aligner-micro-batcher", daemon=True)
-                self._worker.start()
+    def _serve(self) -> None:
+        """The worker: run batches until idle (or the backend is gone); if it dies, fail every waiter."""
+        batch: list[_Request] = []
+        try:
+            while (batch := self._collect()) is not None:
+                self._run_batch(batch)
+                batch = []
+        except BaseException as exc:
+            error = BackendError(f"The micro-batching worker died: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            with self._start_lock:
+                self._worker = None
+                for request in [*batch, *_drain(self._queue)]:
+                    if not request.future.done():
+                        request.future.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
 
-    def _loop(self) -> None:
+    def _collect(self) -> list[_Request] | None:
+        """The next batch, or None when the worker should end (idle, or its backend is gone)."""
+        idle_since = time.monotonic()
         while True:
-            batch = [self._queue.get()]
-            deadline = time.monotonic() + self.max_wait_s
-            while len(batch) < self.max_batch_size:
-                remaining = deadline - time.monotonic()
-                try:
-                    batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            groups: dict[str, list[_Request]] = {}
-            for request in batch:
-                if request.future.set_running_or_notify_cancel():  # skip callers that gave up
-                    groups.setdefault(request.key(), []).append(request)
-            for group in groups.values():
-                self._run(group)
+            try:
+                first = self._queue.get(timeout=min(1.0, self.idle_s))
+                break
+            except queue.Empty:
+                gone = self._backend() is None
+                if gone or time.monotonic() - idle_since >= self.idle_s:
+                    with self._start_lock:
+                        if self._queue.empty():
+                            self._worker = None
+                            return None
+        batch = [first]
+        deadline = time.monotonic() + self.max_wait_s
+        while len(batch) < self.max_batch_size:
+            remaining = deadline - time.monotonic()
+            try:
+                batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _run_batch(self, batch: list[_Request]) -> None:
+        groups: dict[str, list[_Request]] = {}
+        for request in batch:
+            if request.future.set_running_or_notify_cancel():  # skip callers that gave up
+                groups.setdefault(request.key(), []).append(request)
+        for group in groups.values():
+            self._run(group)
 
     def _run(self, group: list[_Request]) -> None:
-        """Generate for ``group`` and resolve each future exactly once."""
+        """Generate for ``group`` and resolve each future exactly once (a failure fails only its request)."""
         try:
-            outputs = run_batch(
-                self.backend,
-                [r.prompt for r in group],
-                [r.params for r in group],
-                [r.source for r in group],
-                [r.prompt_tokens for r in group],
+            backend = self.backend
+        except BackendError as exc:
+            outcomes: list[GenerationOutput | Exception] = [exc] * len(group)
+        else:
+            outcomes = run_isolated(backend, group, stop=_AllAbandoned(group))
+            del backend  # the worker must not keep the backend alive while it waits
+        if all(not isinstance(o, Exception) for o in outcomes):
+            self.batches_run += 1
+        for request, outcome in zip(group, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                request.future.set_exception(outcome)
+            else:
+                request.future.set_result(outcome)
+
+
+def _drain(requests: queue.Queue[_Request]) -> list[_Request]:
+    drained = []
+    while True:
+        try:
+            drained.append(requests.get_nowait())
+        except queue.Empty:
+            return drained
+
+
+def run_isolated(
+    backend: Backend, rows: Sequence[Any], *, isolate: bool = True, stop: StopSignal | None = None
+) -> list[GenerationOutput | Exception]:
+    """`run_batch` over ``rows`` (each with ``prompt``, ``params``, ``source``, ``prompt_tokens``), with each
+    row's output or exception in input order: when the batch fails, each row is run alone, so a failing row
+    fails only itself. With ``isolate=False`` the batch's error is every row's (no retries)."""
+    try:
+        return list(
+            run_batch(
+                backend,
+                [r.prompt for r in rows],
+                [r.params for r in rows],
+                [r.source for r in rows],
+                [r.prompt_tokens for r in rows],
+                stop=stop,
             )
-        except Exception as exc:
-            if len(group) == 1:
-                group[0].future.set_exception(exc)
-                return
-            for request in group:  # isolate the failure
-                self._run([request])
-            return
-        self.batches_run += 1
-        for request, output in zip(group, outputs, strict=True):
-            request.future.set_result(output)
+        )
+    except Exception as exc:
+        if len(rows) == 1 or not isolate:
+            return [exc] * len(rows)
+    return [run_isolated(backend, [row], stop=stop)[0] for row in rows]
 
 
 def run_batch(
@@ -103,6 +205,8 @@ def run_batch(
     params: list[GenerationParams],
     sources: list[str | None],
     prompt_tokens: list[int],
+    *,
+    stop: StopSignal | None = None,
 ) -> list[GenerationOutput]:
     """Generate for prompts whose settings differ only in ``max_new_tokens``; results in input order.
 
@@ -119,6 +223,8 @@ def run_batch(
         shared = params[part[0]].with_max_new_tokens(max(limits[i] for i in part))
         part_sources = [sources[i] for i in part]
         options: dict[str, Any] = {"limits": [limits[i] for i in part]} if mixed else {}
+        if stop is not None and backend.supports_stop:
+            options["stop"] = stop
         if all(s is not None for s in part_sources):
             options["sources"] = part_sources
         generated = backend.generate([prompts[i] for i in part], shared, **options)

@@ -15,6 +15,10 @@ class ModelNotFoundError(AlignerError, FileNotFoundError):
     """A model path or hub id could not be resolved to files on this machine."""
 
 
+class DatasetNotFoundError(AlignerError, FileNotFoundError):
+    """A dataset id or path could not be resolved to data files on this machine."""
+
+
 class CheckpointError(AlignerError):
     """A checkpoint exists but cannot be loaded (corrupt, unsafe format, wrong kind)."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,7 +20,12 @@ DEFAULT_MAX_NEW_TOKENS = 2048
 
 
 class GenerationParams(BaseModel):
-    """Decoding settings; greedy by default. Extra keys are passed to ``model.generate``."""
+    """Decoding settings; greedy by default. Extra keys are passed to ``model.generate`` (the local backend
+    accepts those of transformers' ``GenerationConfig``, see `Backend.check_generation`).
+
+    ``speculative`` switches the decoder for a call: False takes plain decoding, True copy-aware decoding
+    (where it is exact), None the Aligner's own choice. It is not a ``generate`` setting.
+    """
 
     model_config = ConfigDict(extra="allow")
 
@@ -30,6 +35,7 @@ class GenerationParams(BaseModel):
     top_p: float | None = Field(default=None, gt=0, le=1)
     top_k: int | None = Field(default=None, ge=0)
     repetition_penalty: float | None = Field(default=None, gt=0)
+    speculative: bool | None = None
 
     def merged(self, overrides: dict[str, Any] | None) -> GenerationParams:
         """A copy with ``overrides`` applied (validated); None values leave a setting as it is."""
@@ -48,7 +54,7 @@ class GenerationParams(BaseModel):
 
     def generate_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``model.generate`` (unset values omitted)."""
-        data = {k: v for k, v in self.model_dump().items() if v is not None}
+        data = {k: v for k, v in self.model_dump(exclude={"speculative"}).items() if v is not None}
         if not self.do_sample:  # greedy: sampling knobs would only trigger warnings
             for key in ("temperature", "top_p", "top_k"):
                 data.pop(key, None)
@@ -66,11 +72,21 @@ class GenerationOutput:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
+class StopSignal(Protocol):
+    """Anything with ``is_set()``, e.g. a `threading.Event`: checked between decoding steps."""
+
+    def is_set(self) -> bool: ...
+
+
 class Backend(ABC):
     """Turns rendered prompts into completions; local models and remote servers implement it."""
 
     name: str = ""
     max_context: int | None = None
+    #: Whether `generate` takes ``stop=`` (a backend written before it existed need not).
+    supports_stop: bool = False
+    #: ``max_new_tokens`` when a call sets none and the context leaves room (a checkpoint may say less).
+    default_max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
 
     @abstractmethod
     def count_tokens(self, text: str) -> int:
@@ -79,6 +95,14 @@ class Backend(ABC):
     @abstractmethod
     def truncate_left(self, text: str, n_tokens: int) -> str:
         """``text`` with its first ``n_tokens`` tokens removed."""
+
+    def check_generation(self, params: GenerationParams) -> None:
+        """Raise `ConfigError` for settings this backend cannot apply (an unknown one names the closest valid one).
+
+        The base accepts every setting (a server decides on its own extras); the local backend checks extras
+        against transformers' ``GenerationConfig``. Called once for an Aligner's defaults, and per call for overrides.
+        """
+        return None
 
     def decode(self, token_ids: Sequence[int]) -> str:
         """Completion token ids to text as corrections report it (backends with a tokenizer override this)."""
@@ -99,10 +123,13 @@ class Backend(ABC):
         params: GenerationParams,
         sources: Sequence[str] | None = None,
         limits: Sequence[int] | None = None,
+        stop: StopSignal | None = None,
     ) -> list[GenerationOutput]:
         """Complete every prompt; one batched call. ``sources`` (the answers) may seed copy drafts.
 
-        ``limits`` (only where `can_mix_limits`) gives each row its own ``max_new_tokens``.
+        ``limits`` (only where `can_mix_limits`) gives each row its own ``max_new_tokens``. Once
+        ``stop.is_set()`` (every caller of the batch has gone), generation may end early; rows then
+        hold what they had.
         """
 
     @abstractmethod

@@ -11,7 +11,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from aligner_chains.core.errors import CheckpointError, ModelNotFoundError
+from aligner_chains.core.generation import GenerationParams
 from aligner_chains.demo import DEMO_MODEL_DIR, DEMO_MODEL_NAME
 
 ALIGNER_CONFIG_NAME = "aligner_config.json"
@@ -96,4 +99,32 @@ def read_aligner_config(path: Path) -> dict[str, Any] | None:
         raise CheckpointError(f"{file} is not valid JSON ({exc}); fix or delete it.") from exc
     if not isinstance(data, dict):
         raise CheckpointError(f"{file} must hold a JSON object, found {type(data).__name__}.")
+    check_stored_generation(data.get("generation"), file)
     return data
+
+
+def check_stored_generation(block: Any, file: Path) -> None:
+    """Fail with `CheckpointError` unless ``block`` (``aligner_config.json``'s ``generation``) is None or an
+    object of `GenerationParams` settings with the right types, so a bad file fails at load, not mid-run."""
+    if block is None:
+        return
+    known = sorted(GenerationParams.model_fields)
+    if not isinstance(block, dict):
+        raise CheckpointError(
+            f"{file}: 'generation' must be a JSON object of generation settings ({', '.join(known)}), "
+            f"found {type(block).__name__} {json.dumps(block)[:80]}. Fix or remove it."
+        )
+    unknown = sorted(set(block) - set(known))
+    if unknown:
+        raise CheckpointError(
+            f"{file}: 'generation' holds unknown setting(s) {unknown}; the settings stored with a model are "
+            f"{', '.join(known)} (other generate() options go to each call). Fix or remove them."
+        )
+    try:
+        GenerationParams.model_validate(block, strict=True)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}={error.get('input')!r}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise CheckpointError(f"{file}: 'generation' is invalid ({problems}). Fix or remove it.") from exc

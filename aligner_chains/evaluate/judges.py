@@ -3,10 +3,12 @@
 One interface, three kinds:
 
 - `LLMJudge(chat_model, dimension=...)`: any LangChain chat model with a rubric (helpfulness,
-  harmlessness, honesty, or your own). Both orders are asked (original as A, then as B); two verdicts
+  harmlessness, honesty, or your own), or ``LLMJudge.preset(chat_model, dimension)`` with a named preset's
+  prompts (the Aligner paper's 3H judging). Both orders are asked (original as A, then as B); two verdicts
   that disagree are a tie (position bias), and a reply without a verdict is *unparseable*: counted,
   never turned into a verdict.
-- `RewardModelJudge(path)`: a sequence-classification reward model scores each side.
+- `RewardModelJudge(path)`: a sequence-classification reward model scores each side; for safe-rlhf score
+  models (Beaver reward and cost models) see `aligner_chains.evaluate.scores.ScoreModelJudge`.
 - `CallableJudge(fn)` (or any callable passed where a judge goes): ``fn(question, original, corrected)``
   returns ``"win" | "tie" | "loss"``, a number (its sign), a ``(score_original, score_corrected)`` pair,
   a `Judgment`, or None (no verdict).
@@ -200,6 +202,23 @@ class LLMJudge(Judge):
         """One judge per dimension, sharing the chat model and options."""
         return [cls(chat_model, dimension, **options) for dimension in dimensions]
 
+    @classmethod
+    def preset(cls, chat_model: Any, dimension: str, preset: str = "aligner-paper", **options: Any) -> LLMJudge:
+        """A judge with the prompts and parser of a named preset (see `aligner_chains.evaluate.presets`),
+        e.g. ``LLMJudge.preset(gpt4, "harmlessness")`` for the Aligner paper's 3H judging."""
+        from aligner_chains.evaluate.presets import judge_preset
+
+        chosen = judge_preset(preset, dimension)
+        options.setdefault("name", f"LLMJudge({_model_name(chat_model)}, {preset})")
+        return cls(
+            chat_model,
+            dimension,
+            system_prompt=chosen.system_prompt,
+            user_prompt=chosen.user_prompt,
+            parse=chosen.parse,
+            **options,
+        )
+
     def messages(self, question: str, answer_a: str, answer_b: str) -> list[Any]:
         """The chat messages asking to compare answer A with answer B."""
         from langchain_core.messages import HumanMessage, SystemMessage
@@ -332,7 +351,7 @@ class RewardModelJudge(Judge):
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
         from aligner_chains.backends.local.loading import check_checkpoint, resolve_device, resolve_dtype
-        from aligner_chains.backends.tokenizers import load_tokenizer
+        from aligner_chains.backends.tokenizers import LockedTokenizer, load_tokenizer
         from aligner_chains.core.errors import CheckpointError
         from aligner_chains.core.model_files import resolve_model_path
 
@@ -354,7 +373,8 @@ class RewardModelJudge(Judge):
                 f"{path} has num_labels={config.num_labels}; a reward model has one output "
                 "(AutoModelForSequenceClassification with num_labels=1)."
             )
-        self.tokenizer = load_tokenizer(local, trust_remote_code=trust_remote_code)
+        # Judges score from many threads at once (the job runner): every encode under the tokenizer's lock.
+        self.tokenizer = LockedTokenizer(load_tokenizer(local, trust_remote_code=trust_remote_code))
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
                 str(local),
@@ -382,7 +402,8 @@ class RewardModelJudge(Judge):
             return self.format.format(question=question, answer=answer)
         if getattr(self.tokenizer, "chat_template", None):
             conversation = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-            return self.tokenizer.apply_chat_template(conversation, tokenize=False)
+            with self.tokenizer.lock:
+                return self.tokenizer.raw.apply_chat_template(conversation, tokenize=False)
         return DEFAULT_RM_FORMAT.format(question=question, answer=answer)
 
     def score(self, question: str, answer: str) -> float:

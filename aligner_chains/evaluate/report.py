@@ -4,6 +4,7 @@ written as JSON, a Markdown table and a PNG plot."""
 from __future__ import annotations
 
 import json
+import statistics
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -14,9 +15,10 @@ from pydantic import BaseModel, Field
 
 from aligner_chains.core.errors import ConfigError, MissingDependencyError
 from aligner_chains.evaluate.edits import EditSummary, summarize_edits
-from aligner_chains.evaluate.stats import WinRate
+from aligner_chains.evaluate.stats import WinRate, mean_interval
+from aligner_chains.jobs import write_atomic
 
-__all__ = ["EvalReport", "ItemResult", "build_report"]
+__all__ = ["EvalReport", "ItemResult", "ScoreDelta", "build_report"]
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -43,11 +45,30 @@ class ItemResult(BaseModel):
     attempts: int = 0
 
 
+class ScoreDelta(BaseModel):
+    """Mean scores of a scoring judge (reward or cost model) on one dimension, over all items or one group.
+
+    ``delta_mean`` is the mean of corrected − original over the items scored, with a bootstrap interval;
+    ``higher_is_better`` says which way is an improvement (False for a cost model).
+    """
+
+    dimension: str
+    group: str | None = None
+    n: int
+    original_mean: float
+    corrected_mean: float
+    delta_mean: float
+    ci_low: float | None = None
+    ci_high: float | None = None
+    higher_is_better: bool = True
+
+
 class EvalReport(BaseModel):
     """The outcome of `evaluate`: what was judged, by whom, and how the corrections fared.
 
     ``win_rates`` holds one row per dimension over all items (``group=None``) and one per dimension and
     group (the ``group_by`` field of the items, by default ``upstream_model``), when items have groups.
+    ``score_deltas`` does the same for the scores of scoring judges (reward and cost models).
     """
 
     dimensions: list[str]
@@ -60,6 +81,7 @@ class EvalReport(BaseModel):
     win_rates: list[WinRate]
     edits: EditSummary
     edits_by_group: dict[str, EditSummary] = Field(default_factory=dict)
+    score_deltas: list[ScoreDelta] = Field(default_factory=list)
     results: list[ItemResult] = Field(default_factory=list)
 
     # -------------------------------------------------------------------------------- queries
@@ -156,6 +178,25 @@ class EvalReport(BaseModel):
                 f"{_share(e.copied_fraction_median)} | {_num(e.length_ratio_mean)} | {_num(e.length_ratio_median)} | "
                 f"{_num(e.edits_mean, 1)} |"
             )
+        if self.score_deltas:
+            lines += [
+                "",
+                "## Scores",
+                "",
+                "Mean score of the original and the corrected answers from each scoring judge; *delta* = corrected − "
+                f"original, with its {level} bootstrap interval. *better*: which way is an improvement.",
+                "",
+                f"| dimension | {self.group_by} | scored | better | original | corrected | delta | {level} interval |",
+                "|---|---|--:|---|--:|--:|--:|---|",
+            ]
+            for d in self.score_deltas:
+                if d.group is not None and not show_groups:
+                    continue
+                interval = "–" if d.ci_low is None else f"[{d.ci_low:+.3f}, {d.ci_high:+.3f}]"
+                lines.append(
+                    f"| {d.dimension} | {d.group or 'all'} | {d.n} | {'higher' if d.higher_is_better else 'lower'} | "
+                    f"{d.original_mean:.3f} | {d.corrected_mean:.3f} | {d.delta_mean:+.3f} | {interval} |"
+                )
         return "\n".join(lines) + "\n"
 
     def plot(self, path: str | Path) -> Path:
@@ -202,8 +243,8 @@ class EvalReport(BaseModel):
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"json": out / REPORT_JSON, "markdown": out / REPORT_MD}
-        paths["json"].write_text(self.to_json() + "\n", encoding="utf-8")
-        paths["markdown"].write_text(self.to_markdown(), encoding="utf-8")
+        write_atomic(paths["json"], self.to_json() + "\n")  # a kill mid-save keeps the previous report
+        write_atomic(paths["markdown"], self.to_markdown())
         if plot is not False:
             try:
                 paths["plot"] = self.plot(out / REPORT_PNG)
@@ -238,8 +279,13 @@ def build_report(
     n_resamples: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
+    higher_is_better: dict[str, bool] | None = None,
 ) -> EvalReport:
-    """Count verdicts per dimension (and group) into `WinRate` rows; ``edit_pairs``: (group, original, corrected)."""
+    """Count verdicts per dimension (and group) into `WinRate` rows; ``edit_pairs``: (group, original, corrected).
+
+    Results with scores also give `ScoreDelta` rows; ``higher_is_better`` names the dimensions whose scores
+    improve downwards (``{"cost": False}``; default: higher is better).
+    """
     counts: dict[tuple[str, str | None], Counter[str]] = defaultdict(Counter)
     for r in results:
         outcome = r.verdict if r.status == "ok" else r.status
@@ -284,5 +330,47 @@ def build_report(
         win_rates=rows,
         edits=summarize_edits((o, c) for _, o, c in edit_pairs),
         edits_by_group={g: summarize_edits(pairs) for g, pairs in by_group.items()},
+        score_deltas=_score_deltas(results, dimensions, groups, higher_is_better or {}, n_resamples, confidence, seed),
         results=list(results),
     )
+
+
+def _score_deltas(
+    results: Sequence[ItemResult],
+    dimensions: Sequence[str],
+    groups: Sequence[str],
+    higher_is_better: dict[str, bool],
+    n_resamples: int,
+    confidence: float,
+    seed: int,
+) -> list[ScoreDelta]:
+    """One `ScoreDelta` per dimension (and group) whose judged results carry original and corrected scores."""
+    pairs: dict[tuple[str, str | None], list[tuple[float, float]]] = defaultdict(list)
+    for r in results:
+        if r.status == "ok" and r.scores and {"original", "corrected"} <= set(r.scores):
+            pair = (r.scores["original"], r.scores["corrected"])
+            pairs[(r.dimension, None)].append(pair)
+            if r.group is not None:
+                pairs[(r.dimension, r.group)].append(pair)
+    rows = []
+    for dimension in dimensions:
+        for group in [None, *groups]:
+            scored = pairs.get((dimension, group))
+            if not scored:
+                continue
+            deltas = [c - o for o, c in scored]
+            low, high = mean_interval(deltas, n_resamples=n_resamples, confidence=confidence, seed=seed) or (None, None)
+            rows.append(
+                ScoreDelta(
+                    dimension=dimension,
+                    group=group,
+                    n=len(scored),
+                    original_mean=statistics.fmean(o for o, _ in scored),
+                    corrected_mean=statistics.fmean(c for _, c in scored),
+                    delta_mean=statistics.fmean(deltas),
+                    ci_low=low,
+                    ci_high=high,
+                    higher_is_better=higher_is_better.get(dimension, True),
+                )
+            )
+    return rows

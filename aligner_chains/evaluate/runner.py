@@ -253,6 +253,7 @@ async def aevaluate(
         n_resamples=n_resamples,
         confidence=confidence,
         seed=seed,
+        higher_is_better={j.dimension: getattr(j, "higher_is_better", True) for j in judges},
     )
 
 

@@ -6,7 +6,7 @@ from pydantic import BaseModel, computed_field
 
 from aligner_chains.core.errors import ConfigError
 
-__all__ = ["WinRate", "bootstrap_interval", "win_rate"]
+__all__ = ["WinRate", "bootstrap_interval", "mean_interval", "win_rate"]
 
 
 def win_rate(wins: int, ties: int, losses: int) -> float | None:
@@ -44,6 +44,24 @@ def bootstrap_interval(
     rates = (counts[:, 0] - counts[:, 2]) / total
     tail = (1 - confidence) / 2
     low, high = np.quantile(rates, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def mean_interval(
+    values: list[float], *, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the mean of ``values`` (items resampled with replacement); None if empty."""
+    if not 0 < confidence < 1:
+        raise ConfigError(f"confidence={confidence!r}: use a level between 0 and 1, e.g. 0.95.")
+    if not values:
+        return None
+    import numpy as np
+
+    data = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, len(data), size=(n_resamples, len(data)))].mean(axis=1)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
     return float(low), float(high)
 
 

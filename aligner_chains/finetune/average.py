@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from aligner_chains.core.errors import CheckpointError
+from aligner_chains.jobs import write_atomic
 
 WEIGHTS = "model.safetensors"
 
@@ -56,5 +57,5 @@ def average_exports(models: Sequence[str | Path], output_dir: str | Path) -> Pat
     if config_path.is_file():
         config = json.loads(config_path.read_text(encoding="utf-8"))
         config["averaged_from"] = [str(p) for p in paths]
-        config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        write_atomic(config_path, json.dumps(config, indent=2) + "\n")
     return out

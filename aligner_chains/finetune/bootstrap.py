@@ -18,6 +18,7 @@ from typing import Any
 from aligner_chains.core.errors import ConfigError
 from aligner_chains.finetune.annotators import change_amount
 from aligner_chains.finetune.config import DPOConfig, load_config
+from aligner_chains.jobs import write_atomic
 
 ROUND_FILE = "round.json"
 SUMMARY_FILE = "bootstrap.json"
@@ -122,7 +123,7 @@ def bootstrap(
     Answers are greedy unless ``do_sample`` (sampling is seeded by ``seed`` and the round number).
     Stops early when the Aligner changes no answer.
     """
-    from aligner_chains.core.aligner import resolve_aligner
+    from aligner_chains.core import resolve_aligner
     from aligner_chains.finetune.dpo import train_dpo
 
     if rounds < 1:
@@ -154,9 +155,9 @@ def bootstrap(
                 max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                 batch_size=batch_size, aligner_options=aligner_options or {}, seed=seed + number,
             )  # fmt: skip
-            record.write_text(json.dumps(asdict(stats), indent=2) + "\n", encoding="utf-8")
+            write_atomic(record, json.dumps(asdict(stats), indent=2) + "\n")  # its presence marks the round done
         history.append(stats)
-        (root / SUMMARY_FILE).write_text(json.dumps([asdict(s) for s in history], indent=2) + "\n", encoding="utf-8")
+        write_atomic(root / SUMMARY_FILE, json.dumps([asdict(s) for s in history], indent=2) + "\n")
         if stats.output is None:
             break
         current = stats.output
@@ -204,7 +205,7 @@ def _run_round(
         else:
             triples.append({"question": prompt, "answer": answer, "correction": c.corrected})
     data = folder / "corrections.jsonl"
-    data.write_text("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in triples), encoding="utf-8")
+    write_atomic(data, "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in triples))
     judged = len(prompts) - failed
 
     def words(texts: list[str]) -> float:

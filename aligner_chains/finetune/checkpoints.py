@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
+
+from aligner_chains.jobs import write_atomic
 
 DONE_MARKER = "step.json"
 
@@ -30,13 +33,27 @@ def latest_checkpoint(output_dir: str | Path) -> tuple[Path, int] | None:
     return path, step
 
 
+def checkpoint_loss(path: Path) -> float | None:
+    """The training loss a checkpoint's marker recorded at its step (None when absent or not a finite number).
+
+    A resumed run that has no step left to train reports this as its final loss, not NaN.
+    """
+    try:
+        loss = json.loads((path / DONE_MARKER).read_text(encoding="utf-8")).get("loss")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(loss, (int, float)) and not isinstance(loss, bool) and math.isfinite(loss):
+        return float(loss)
+    return None
+
+
 def save_checkpoint(accelerator: Any, output_dir: str | Path, step: int, keep: int, extra: dict[str, Any]) -> Path:
     """Save model, optimizer, scheduler and RNG state; then the marker; then prune old checkpoints."""
     path = checkpoint_dir(output_dir) / f"step-{step:08d}"
     accelerator.save_state(str(path))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (path / DONE_MARKER).write_text(json.dumps({"step": step, **extra}), encoding="utf-8")
+        write_atomic(path / DONE_MARKER, json.dumps({"step": step, **extra}))
         complete = sorted(p for p in checkpoint_dir(output_dir).glob("step-*") if (p / DONE_MARKER).is_file())
         for old in complete[:-keep]:
             shutil.rmtree(old, ignore_errors=True)

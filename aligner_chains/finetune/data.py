@@ -13,6 +13,7 @@ import torch
 
 from aligner_chains.core.errors import DataError
 from aligner_chains.core.templates import Template
+from aligner_chains.jobs import jsonl_lines
 
 IGNORE_INDEX = -100
 CORRECTION_FIELDS = ("question", "answer", "correction")
@@ -23,21 +24,23 @@ def read_records(path: str | Path) -> list[tuple[int, Any]]:
     file = Path(path)
     if not file.is_file():
         raise DataError(f"Data file {str(file)!r} does not exist.")
-    text = file.read_text(encoding="utf-8")
+    return parse_records(file.read_text(encoding="utf-8"), str(file))
+
+
+def parse_records(text: str, where: str) -> list[tuple[int, Any]]:
+    """`read_records` on text already read (e.g. decompressed); ``where`` names the source in errors."""
     if text.lstrip().startswith("["):
         try:
             items = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{file}:{exc.lineno}: not valid JSON ({exc.msg}).") from exc
+            raise DataError(f"{where}:{exc.lineno}: not valid JSON ({exc.msg}).") from exc
         return list(enumerate(items, start=1))
     records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, line in jsonl_lines(text):  # split at LF only: U+2028 & co. may stand raw in JSON strings
         try:
             records.append((number, json.loads(line)))
         except json.JSONDecodeError as exc:
-            raise DataError(f"{file}:{number}: not valid JSON ({exc.msg}).") from exc
+            raise DataError(f"{where}:{number}: not valid JSON ({exc.msg}).") from exc
     return records
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from aligner_chains.core.errors import ConfigError
-from aligner_chains.finetune.checkpoints import latest_checkpoint, save_checkpoint
+from aligner_chains.finetune.checkpoints import checkpoint_loss, latest_checkpoint, save_checkpoint
 from aligner_chains.finetune.config import DPOConfig, load_config, parse_overrides, script_main
 from aligner_chains.finetune.data import split_eval
 from aligner_chains.finetune.logprobs import Reference, sequence_logps
@@ -148,7 +148,7 @@ def train_dpo(config: DPOConfig) -> Path:
     model.train()
     bar = tqdm(total=total_steps, initial=start_step, disable=not accelerator.is_local_main_process, desc="dpo")
     window: dict[str, list[float]] = defaultdict(list)
-    last_loss = float("nan")
+    last_loss = checkpoint_loss(found[0]) if found is not None else None  # a finished run resumed trains no step
     for step in range(start_step, total_steps):
         mine = plan[step][accelerator.process_index :: accelerator.num_processes]
         batches = [collate_pairs([examples[i] for i in idx], pad_id) for _, idx in mine]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from aligner_chains.core.model_files import read_aligner_config, resolve_model_path
 from aligner_chains.core.templates import Template, get_template
+from aligner_chains.jobs import jsonl_lines, write_atomic
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -24,7 +26,7 @@ class MetricsLog:
         if not enabled:
             return
         kept = [m for m in read_metrics(self.path) if m.get("step", 0) <= start_step] if start_step else []
-        self.path.write_text("".join(json.dumps(m) + "\n" for m in kept), encoding="utf-8")
+        write_atomic(self.path, "".join(json.dumps(m) + "\n" for m in kept))  # a kill here keeps the old log
 
     def write(self, step: int, values: dict[str, Any]) -> None:
         if self.enabled:
@@ -33,13 +35,29 @@ class MetricsLog:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Entries of a ``metrics.jsonl`` (a run directory is accepted too); [] when there is none."""
+    """Entries of a ``metrics.jsonl`` (a run directory is accepted too); [] when there is none.
+
+    A torn last line (the run was killed while writing it) is left out.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / METRICS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    text = path.read_text(encoding="utf-8")
+    complete = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for _, line in jsonl_lines(complete)]
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None, so ``json.dumps`` writes valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
 
 
 def policy_template(template: str | dict[str, Any] | None, base_model: str) -> Template | None:

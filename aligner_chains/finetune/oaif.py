@@ -28,7 +28,7 @@ import torch
 from aligner_chains.core.errors import ConfigError, DataError
 from aligner_chains.core.templates import Template
 from aligner_chains.finetune.annotators import Annotator, annotator_from_settings, as_annotator
-from aligner_chains.finetune.checkpoints import latest_checkpoint, save_checkpoint
+from aligner_chains.finetune.checkpoints import checkpoint_loss, latest_checkpoint, save_checkpoint
 from aligner_chains.finetune.config import OAIFConfig, load_config, parse_overrides, script_main
 from aligner_chains.finetune.data import read_records
 from aligner_chains.finetune.dpo import check_policy_settings
@@ -152,7 +152,7 @@ def train_oaif(config: OAIFConfig, annotator: Any = None) -> Path:
     bar = tqdm(total=total_steps, initial=start_step, disable=not accelerator.is_local_main_process, desc="oaif")
     window: dict[str, list[float]] = defaultdict(list)
     lengths_seen: list[float] = []
-    last_loss = float("nan")
+    last_loss = checkpoint_loss(found[0]) if found is not None else None  # a finished run resumed trains no step
     for step in range(start_step, total_steps):
         world = accelerator.num_processes
         picked = step_prompt_indices(len(prompts), step, config.prompts_per_step * world, config.seed)

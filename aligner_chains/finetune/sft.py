@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from aligner_chains.core.errors import ConfigError, MissingDependencyError
 from aligner_chains.core.model_files import ALIGNER_CONFIG_NAME, resolve_model_path
 from aligner_chains.core.templates import BUILTIN_TEMPLATES, Template, get_template
-from aligner_chains.finetune.checkpoints import latest_checkpoint, save_checkpoint
+from aligner_chains.finetune.checkpoints import checkpoint_loss, latest_checkpoint, save_checkpoint
 from aligner_chains.finetune.config import SFTConfig, load_config, parse_overrides, script_main
 from aligner_chains.finetune.data import (
     IGNORE_INDEX,
@@ -33,6 +33,8 @@ from aligner_chains.finetune.data import (
     split_eval,
 )
 from aligner_chains.finetune.logprobs import label_logits
+from aligner_chains.finetune.metrics import json_safe
+from aligner_chains.jobs import write_atomic
 
 
 def _template_record(template: Template | None) -> str | dict[str, Any] | None:
@@ -266,7 +268,8 @@ def train_sft(config: SFTConfig) -> Path:
     pad_id = int(tokenizer.pad_token_id)
     model.train()
     bar = tqdm(total=total_steps, initial=start_step, disable=not accelerator.is_local_main_process, desc="sft")
-    running, tokens_seen, last_loss = 0.0, 0, float("nan")
+    running, tokens_seen = 0.0, 0
+    last_loss = checkpoint_loss(found[0]) if found is not None else None  # a finished run resumed trains no step
     for step in range(start_step, total_steps):
         mine = plan[step][accelerator.process_index :: accelerator.num_processes]
         batches = [collate([by_stage[stage][i] for i in idx], pad_id) for stage, idx in mine]
@@ -334,7 +337,7 @@ def finish_training(
 ) -> Path:
     """The end of every trainer: export, print the summary, close the trackers."""
     out = export_model(accelerator, model, tokenizer, config, template, data_stats, summary)
-    accelerator.print("Training summary: " + json.dumps(summary))
+    accelerator.print("Training summary: " + json.dumps(json_safe(summary)))
     accelerator.end_training()
     return out
 
@@ -368,7 +371,7 @@ def export_model(
             "data": data_stats,
             "summary": summary,
         }
-        (out / ALIGNER_CONFIG_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        write_atomic(out / ALIGNER_CONFIG_NAME, json.dumps(json_safe(record), indent=2, allow_nan=False) + "\n")
     accelerator.wait_for_everyone()
     return out
 

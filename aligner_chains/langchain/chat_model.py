@@ -21,6 +21,7 @@ from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, Field, field_validator
 
 from aligner_chains.core import Aligner
+from aligner_chains.core.options import check_options, field_names
 from aligner_chains.langchain.messages import last_human_text
 from aligner_chains.langchain.question import QUESTION_METADATA_KEY
 from aligner_chains.langchain.runnable import AlignerRunnable
@@ -86,6 +87,9 @@ def _chat_model_of(llm: Runnable[Any, Any]) -> BaseChatModel | None:
     return llm if isinstance(llm, BaseChatModel) else None
 
 
+_UPSTREAM_PARAMS = {"timeout", "max_retries", "api_key"}
+
+
 class AlignedChatModel(BaseChatModel):
     """A chat model whose every reply is corrected by an Aligner: ``AlignedChatModel(llm=chat_model, aligner="demo")``.
 
@@ -96,7 +100,8 @@ class AlignedChatModel(BaseChatModel):
 
     Standard parameters: ``max_tokens`` and ``temperature`` set the Aligner's generation (``None`` or
     ``0`` is greedy); ``stop`` is passed to the upstream model; ``streaming=True`` makes ``invoke``
-    use the streaming path.
+    use the streaming path. ``timeout``, ``max_retries`` and ``api_key`` are accepted (LangChain's standard
+    parameters) and ignored: set them on the upstream model. Any other unknown keyword raises `ConfigError`.
     """
 
     llm: Runnable[LanguageModelInput, BaseMessage]
@@ -112,6 +117,12 @@ class AlignedChatModel(BaseChatModel):
     streaming: bool = False
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    def __init__(self, **kwargs: Any) -> None:
+        # BaseChatModel ignores unknown keywords: a typo (``max_tokns=``) would silently do nothing. LangChain's
+        # standard timeout/max_retries/api_key belong to the upstream model: accepted, and left to it.
+        check_options(kwargs, field_names(type(self)) | _UPSTREAM_PARAMS, type(self).__name__)
+        super().__init__(**kwargs)
 
     @field_validator("aligner", mode="before")
     @classmethod

@@ -28,6 +28,7 @@ from pydantic import ConfigDict, Field, PrivateAttr
 
 from aligner_chains.core import LOADING_OPTIONS, Aligner, default_model, resolve_aligner
 from aligner_chains.core.errors import MissingQuestionError
+from aligner_chains.core.options import TokenizerMode, check_options, field_names
 from aligner_chains.core.result import Correction
 from aligner_chains.core.templates import Template
 from aligner_chains.langchain.question import DEFAULT_QUESTION_KEYS, QUESTION_METADATA_KEY, extract_question, recorder
@@ -57,6 +58,9 @@ AlignerOutput = Union[str, AIMessage, dict[str, Any]]  # noqa: UP007
 
 # The loading options that are fields of the runnable (a strategy object is not serialisable).
 _LOAD_OPTIONS = sorted(LOADING_OPTIONS - {"strategy"})
+_OPTIONS_HINT = (
+    "Generation settings other than max_new_tokens, do_sample and temperature go in generation_kwargs={...}."
+)
 
 
 class _HybridMethod:
@@ -101,16 +105,27 @@ class _Batch:
     results: list[Any]
     todo: list[tuple[int, ParsedInput]]
     size: int
+    return_exceptions: bool = False
+
+    def options(self, on_error: str) -> dict[str, Any]:
+        """``correct_batch`` options: with ``return_exceptions`` a failing input fails only itself."""
+        return {"batch_size": self.size, "on_error": on_error, "return_exceptions": self.return_exceptions}
 
     @property
     def pairs(self) -> list[tuple[str, str]]:
         return [(item.question or "", item.answer) for _, item in self.todo]
 
-    def finish(self, corrections: list[Correction], answer_key: str) -> list[tuple[int, Correction]]:
-        """Fill in the corrected outputs; returns (input index, correction) for the diff events."""
+    def finish(self, corrections: list[Correction | Exception], answer_key: str) -> list[tuple[int, Correction]]:
+        """Fill in the corrected outputs (or each failed input's exception, under ``return_exceptions``);
+        returns (input index, correction) for the diff events."""
+        done = []
         for (i, item), correction in zip(self.todo, corrections, strict=True):
-            self.results[i] = build_output(item, correction, answer_key)
-        return [(i, correction) for (i, _), correction in zip(self.todo, corrections, strict=True)]
+            if isinstance(correction, Exception):
+                self.results[i] = correction
+            else:
+                self.results[i] = build_output(item, correction, answer_key)
+                done.append((i, correction))
+        return done
 
 
 class AlignerRunnable(TracedRunnableMixin, RunnableSerializable[AlignerInput, AlignerOutput]):
@@ -145,6 +160,7 @@ class AlignerRunnable(TracedRunnableMixin, RunnableSerializable[AlignerInput, Al
     trust_remote_code: bool | None = None
     allow_pickle: bool | None = None
     revision: str | None = None
+    tokenizer_mode: TokenizerMode | None = None
     overflow: Literal["raise", "truncate_question"] | None = None
     max_new_tokens: int | None = None
     do_sample: bool | None = None
@@ -167,6 +183,7 @@ class AlignerRunnable(TracedRunnableMixin, RunnableSerializable[AlignerInput, Al
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def __init__(self, model: str | Aligner | None = None, **kwargs: Any) -> None:
+        check_options(kwargs, field_names(type(self)), type(self).__name__, _OPTIONS_HINT)
         super().__init__(model=model, **kwargs)
 
     # ----------------------------------------------------------------- configuration
@@ -261,7 +278,7 @@ class AlignerRunnable(TracedRunnableMixin, RunnableSerializable[AlignerInput, Al
     def _prepare_batch(
         self, values: list[Any], run_managers: list[Any], configs: list[RunnableConfig], return_exceptions: bool
     ) -> _Batch:
-        batch = _Batch([None] * len(values), [], self._batch_size(configs[0]))
+        batch = _Batch([None] * len(values), [], self._batch_size(configs[0]), return_exceptions)
         for i, value in enumerate(values):
             try:
                 item = self._prepare(value, run_managers[i], configs[i])
@@ -282,12 +299,10 @@ class AlignerRunnable(TracedRunnableMixin, RunnableSerializable[AlignerInput, Al
 
     # ----------------------------------------------------------------- sync
 
-    def _correct(self, batch: _Batch, overrides: dict[str, Any]) -> list[Correction]:
+    def _correct(self, batch: _Batch, overrides: dict[str, Any]) -> list[Correction | Exception]:
         if not batch.todo:
             return []
-        return self._loaded().correct_batch(
-            batch.pairs, batch_size=batch.size, on_error=self.on_error, **self._generation(overrides)
-        )
+        return self._loaded().correct_batch(batch.pairs, **batch.options(self.on_error), **self._generation(overrides))
 
     def _pieces(self, output: StreamOutput, overrides: dict[str, Any]) -> Iterable[str | Correction]:
         if not output.correcting:
@@ -332,13 +347,11 @@ class AlignerRunnable(TracedRunnableMixin, RunnableSerializable[AlignerInput, Al
 
     # ----------------------------------------------------------------- async: the same steps, awaited
 
-    async def _acorrect(self, batch: _Batch, overrides: dict[str, Any]) -> list[Correction]:
+    async def _acorrect(self, batch: _Batch, overrides: dict[str, Any]) -> list[Correction | Exception]:
         if not batch.todo:
             return []
         aligner = await self._aloaded()
-        return await aligner.acorrect_batch(
-            batch.pairs, batch_size=batch.size, on_error=self.on_error, **self._generation(overrides)
-        )
+        return await aligner.acorrect_batch(batch.pairs, **batch.options(self.on_error), **self._generation(overrides))
 
     async def _apieces(self, output: StreamOutput, overrides: dict[str, Any]) -> AsyncIterable[str | Correction]:
         if not output.correcting:

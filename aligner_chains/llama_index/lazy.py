@@ -9,6 +9,7 @@ from typing import Any
 
 from aligner_chains.core import LOADING_OPTIONS, Aligner, default_model, resolve_aligner
 from aligner_chains.core.errors import ConfigError
+from aligner_chains.core.options import check_options
 
 __all__ = ["LazyAligner"]
 
@@ -36,12 +37,14 @@ class LazyAligner:
             raise TypeError(
                 f"aligner must be an Aligner, a model path / hub id / 'demo', or None; got {type(aligner).__name__}."
             )
-        unknown = sorted(set(loading) - LOADING_OPTIONS)
-        if unknown:
-            raise TypeError(
-                f"Unknown Aligner option(s) {unknown}. Loading options are {sorted(LOADING_OPTIONS)}; "
-                "generation settings other than max_new_tokens go in generation_kwargs={...}."
-            )
+        check_options(
+            sorted(loading),
+            LOADING_OPTIONS,
+            "The Aligner options",
+            f"Loading options are {sorted(LOADING_OPTIONS)}; generation settings other than max_new_tokens "
+            "go in generation_kwargs={...}.",
+            also=("on_error", "max_new_tokens", "generation_kwargs"),
+        )
         if on_error not in (None, "raise", "passthrough"):
             raise ConfigError(f"on_error={on_error!r}: use 'raise' or 'passthrough'.")
         self.spec: Aligner | str | None = aligner

@@ -14,6 +14,7 @@ A result may be a ``str``, a `Response` (corrected like `AlignerQueryEngine` doe
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any, Literal
 
@@ -22,6 +23,7 @@ from llama_index.core.workflow import Context, Event, StartEvent, StopEvent, Wor
 
 from aligner_chains.core import LOADING_OPTIONS, Aligner
 from aligner_chains.core.errors import ConfigError
+from aligner_chains.core.options import check_options
 from aligner_chains.llama_index.lazy import LazyAligner
 from aligner_chains.llama_index.responses import acorrect_response
 
@@ -61,6 +63,10 @@ class AlignerCorrectionStep:
         **kwargs: Any,
     ) -> None:
         loading = {key: kwargs.pop(key) for key in list(kwargs) if key in LOADING_OPTIONS}
+        accepted = inspect.signature(super().__init__).parameters  # the rest goes to Workflow
+        if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+            mine = {*LOADING_OPTIONS, "aligner", "on_error", "max_new_tokens", "generation_kwargs"}
+            check_options(kwargs, {*accepted} - {"self"}, type(self).__name__, also=mine)
         self._aligner_source = LazyAligner(aligner, on_error=on_error, max_new_tokens=max_new_tokens, **loading)
         self._aligner_generation = dict(generation_kwargs or {})
         super().__init__(*args, **kwargs)

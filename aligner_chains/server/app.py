@@ -14,10 +14,13 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from aligner_chains.backends.tokenizers import LockedTokenizer, locked
 from aligner_chains.core.aligner import Aligner
+from aligner_chains.core.errors import BackendError
 from aligner_chains.core.generation import DEFAULT_MAX_NEW_TOKENS, GenerationOutput
 from aligner_chains.core.result import Correction
 from aligner_chains.server.config import ServerConfig
@@ -123,6 +126,11 @@ class _Server:
     def backend(self) -> Any:
         return self.aligner.backend
 
+    @property
+    def tokenizer(self) -> LockedTokenizer | None:
+        """The backend's local tokenizer behind its lock (None for a backend without one)."""
+        return locked(getattr(self.backend, "tokenizer", None))
+
     def check_model(self, model: str | None) -> None:
         if model is not None and model not in self.aliases:
             raise ApiError(
@@ -208,7 +216,20 @@ def create_app(aligner: Aligner, config: ServerConfig | None = None, **options: 
         protected=lambda path: path.startswith("/v1/") or path in ("/tokenize", "/detokenize"),
         api_key=config.api_key,
         max_in_flight=config.max_in_flight,
+        max_body_bytes=config.max_body_bytes,
+        body_timeout=config.body_timeout,
+        allowed_hosts=config.allowed_hosts,
     )
+    if config.cors_allow_origins:  # outermost: preflight requests are answered before the API-key check
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=config.cors_allow_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -246,12 +267,12 @@ def create_app(aligner: Aligner, config: ServerConfig | None = None, **options: 
         try:
             req = validate(TokenizeRequest, await read_json_object(request, config.max_body_bytes))
             server.check_model(req.model)
-            tokenizer = getattr(server.backend, "tokenizer", None)
-            if tokenizer is not None:
-                tokens = list(tokenizer(req.prompt, add_special_tokens=req.add_special_tokens)["input_ids"])
+            tokenizer = server.tokenizer
+            if tokenizer is not None:  # tokenizing in a worker thread keeps the event loop free
+                tokens = await run_in_threadpool(tokenizer.ids, req.prompt, add_special_tokens=req.add_special_tokens)
                 count = len(tokens)
             else:
-                tokens, count = [], server.backend.count_tokens(req.prompt)
+                tokens, count = [], await run_in_threadpool(server.backend.count_tokens, req.prompt)
             return JSONResponse({"count": count, "max_model_len": server.backend.max_context, "tokens": tokens})
         except Exception as exc:
             return api_error_from(exc, what="tokenization").response()
@@ -261,14 +282,15 @@ def create_app(aligner: Aligner, config: ServerConfig | None = None, **options: 
         try:
             req = validate(DetokenizeRequest, await read_json_object(request, config.max_body_bytes))
             server.check_model(req.model)
-            tokenizer = getattr(server.backend, "tokenizer", None)
+            tokenizer = server.tokenizer
             if tokenizer is None:
                 raise ApiError(404, "This server's backend has no local tokenizer to detokenize with.")
             vocab = len(tokenizer)
             bad = [t for t in req.tokens if not 0 <= t < vocab]
             if bad:
                 raise ApiError(400, f"Token ids {bad[:5]} are outside the vocabulary (0..{vocab - 1}).", param="tokens")
-            return JSONResponse({"prompt": tokenizer.decode(req.tokens, clean_up_tokenization_spaces=False)})
+            text = await run_in_threadpool(tokenizer.decode, req.tokens, clean_up_tokenization_spaces=False)
+            return JSONResponse({"prompt": text})
         except Exception as exc:
             return api_error_from(exc, what="detokenization").response()
 
@@ -313,7 +335,7 @@ async def _completions(server: _Server, request: Request) -> Response:
     if len(stops) > MAX_STOP_STRINGS or any(not s for s in stops):
         raise ApiError(400, f"stop takes 1 to {MAX_STOP_STRINGS} non-empty strings.", param="stop")
     server.check_max_tokens(req.max_tokens, "max_tokens")
-    counts = [server.backend.count_tokens(p) for p in prompts]
+    counts = await run_in_threadpool(lambda: [server.backend.count_tokens(p) for p in prompts])
     max_tokens = min(server.max_tokens_for(n, req.max_tokens) for n in counts)
     overrides = sampling_overrides(req.temperature, req.top_p, req.top_k, req.repetition_penalty)
     params = server.aligner.generation.merged({**overrides, "max_new_tokens": max_tokens})
@@ -330,7 +352,7 @@ async def _completions(server: _Server, request: Request) -> Response:
             media_type="text/event-stream",
             headers=SSE_HEADERS,
         )
-    outputs: list[GenerationOutput] = await asyncio.to_thread(server.backend.generate, prompts, params)
+    outputs = await _generate(server, prompts, params)
     choices = []
     for index, out in enumerate(outputs):
         text, stop = apply_stop(out.text, stops)
@@ -362,6 +384,27 @@ async def _completions(server: _Server, request: Request) -> Response:
             },
         }
     )
+
+
+async def _generate(server: _Server, prompts: list[str], params: Any) -> list[GenerationOutput]:
+    """Complete ``prompts`` in a worker thread.
+
+    One prompt runs through the backend's stream, so that a client that leaves (the request is then
+    cancelled, which closes the stream) stops its generation at the next token; a list runs as one batch.
+    """
+    if len(prompts) > 1:
+        return await asyncio.to_thread(server.backend.generate, prompts, params)
+    items = iterate_in_thread(lambda: server.backend.stream(prompts[0], params))
+    final: GenerationOutput | None = None
+    try:
+        async for item in items:
+            if isinstance(item, GenerationOutput):
+                final = item
+    finally:
+        await items.aclose()  # type: ignore[attr-defined]
+    if final is None:
+        raise BackendError(f"{type(server.backend).__name__}.stream ended without its final output.")
+    return [final]
 
 
 async def _completion_events(
@@ -409,9 +452,11 @@ async def _completion_events(
         if final is not None:
             n_prompt, n_completion = final.prompt_tokens, completion_tokens(final)
         else:  # stopped early by a stop string: count what was generated
-            tokenizer = getattr(server.backend, "tokenizer", None)
+            tokenizer = server.tokenizer
             n_prompt = prompt_tokens
-            n_completion = len(tokenizer(emitted, add_special_tokens=False)["input_ids"]) if tokenizer else 0
+            n_completion = (
+                len(await run_in_threadpool(tokenizer.ids, emitted, add_special_tokens=False)) if tokenizer else 0
+            )
         server.metrics.tokens.labels("prompt").inc(n_prompt)
         server.metrics.tokens.labels("completion").inc(n_completion)
         if include_usage:

@@ -23,6 +23,14 @@ class ServerConfig(BaseModel):
     max_batch_items: int = Field(default=64, ge=1)
     """Most prompts in one ``/v1/completions`` or items in one ``/v1/corrections`` request."""
     max_in_flight: int = Field(default=1024, ge=1)
-    """Requests processed at once; beyond, 429 with ``Retry-After`` (clients retry)."""
+    """Requests processed at once (counted once their body is read); beyond, 429 with ``Retry-After``."""
     batch_size: int = Field(default=16, ge=1)
     """Pairs per padded generation for ``/v1/corrections`` with ``items``."""
+    header_timeout: float = Field(default=10.0, gt=0)
+    """Seconds a connection may take to send a request's headers before it is closed (uvicorn runners)."""
+    body_timeout: float = Field(default=30.0, gt=0)
+    """Seconds a request may take to send its whole body (408 beyond)."""
+    cors_allow_origins: list[str] = Field(default_factory=list)
+    """Web origins (``https://app.example.com``, or ``*``) whose pages may call the API; empty: no CORS headers."""
+    allowed_hosts: list[str] | None = None
+    """``Host`` names this server answers for (``*.example.com`` matches subdomains); others get 400. None: any."""

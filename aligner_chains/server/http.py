@@ -17,13 +17,17 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from aligner_chains.core.errors import AlignerError, InputTooLongError
+from aligner_chains.server.json_input import JSONInputError, parse_json
 
 __all__ = [
+    "CLIENT_CLOSED",
+    "KNOWN_METHODS",
     "SSE_DONE",
     "SSE_HEADERS",
     "ApiError",
@@ -32,11 +36,13 @@ __all__ = [
     "api_error_from",
     "chain_items",
     "check_bearer",
+    "check_json_content_type",
     "install_error_handlers",
     "iterate_in_thread",
     "prefetch",
     "read_json_object",
     "sse",
+    "too_large",
     "validate",
 ]
 
@@ -106,32 +112,73 @@ def api_error_from(exc: BaseException, *, what: str = "generation") -> ApiError:
     return ApiError(500, f"{what} failed: {type(exc).__name__}: {exc}", type="server_error")
 
 
+#: Bodies larger than this are parsed in a worker thread, so a big request does not stall the event loop.
+PARSE_IN_THREAD_BYTES = 64 * 1024
+#: Status recorded for a request whose client left before the answer (nginx's "client closed request").
+CLIENT_CLOSED = 499
+
+
 async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
-    """The request body as a JSON object; 413 beyond ``max_bytes``, 400 for empty or malformed JSON."""
+    """The request body as a JSON object.
+
+    415 unless ``Content-Type: application/json``; 413 beyond ``max_bytes``; 400 for empty or malformed
+    JSON, and for JSON that is unsafe to use (too deeply nested, huge numbers, ``NaN``, lone surrogates),
+    naming the field. A client that leaves mid-upload is answered 499 (nobody reads it) and not logged.
+    """
+    check_json_content_type(request)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise _too_large(int(declared), max_bytes)
+        raise too_large(int(declared), max_bytes)
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise _too_large(len(body), max_bytes, at_least=True)
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_bytes:
+                raise too_large(len(body), max_bytes, at_least=True)
+    except ClientDisconnect:
+        raise ApiError(CLIENT_CLOSED, "The client disconnected before sending the whole body.") from None
     if not body.strip():
         raise ApiError(400, "The request body is empty: send a JSON object (Content-Type: application/json).")
+    if len(body) > PARSE_IN_THREAD_BYTES:
+        return await run_in_threadpool(_json_object, bytes(body))
+    return _json_object(bytes(body))
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
     try:
-        data = json.loads(bytes(body).decode("utf-8"))
+        data = parse_json(body.decode("utf-8"))
     except UnicodeDecodeError:
         raise ApiError(400, "The request body is not UTF-8 text: send a JSON object encoded as UTF-8.") from None
     except json.JSONDecodeError as exc:
         raise ApiError(
             400, f"The request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})."
         ) from None
+    except JSONInputError as exc:
+        raise ApiError(400, f"Invalid request: {exc}.", param=exc.field) from None
     if not isinstance(data, dict):
         raise ApiError(400, f"The request body must be a JSON object, got a JSON {_json_type(data)}.")
     return data
 
 
-def _too_large(size: int, limit: int, *, at_least: bool = False) -> ApiError:
+def check_json_content_type(request: Request) -> None:
+    """415 unless the body is declared as JSON (``application/json`` or a ``+json`` type).
+
+    Browsers send cross-site form posts without a preflight only as form or text types, so this also
+    keeps other web pages from posting to a server on localhost.
+    """
+    declared = request.headers.get("content-type", "")
+    media = declared.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        raise ApiError(
+            415,
+            f"Content-Type {declared or '(none)'!r} is not JSON: send the body as JSON with the header "
+            "'Content-Type: application/json'.",
+            code="unsupported_media_type",
+        )
+
+
+def too_large(size: int, limit: int, *, at_least: bool = False) -> ApiError:
+    """The 413 for a body of ``size`` bytes over ``limit``."""
     size_text = f"more than {limit}" if at_least else str(size)
     return ApiError(
         413,
@@ -196,8 +243,16 @@ def check_bearer(request: Request, expected: str | None) -> None:
 
 
 def sse(data: Any) -> str:
-    """One server-sent event carrying ``data`` (JSON, or a literal such as ``[DONE]``)."""
-    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
+    """One server-sent event carrying ``data`` (JSON, or a literal such as ``[DONE]``).
+
+    U+2028, U+2029 and U+0085 are written as JSON escapes: readers that split lines with
+    ``str.splitlines`` (``httpx``'s ``iter_lines`` among them) would otherwise cut the event in two.
+    """
+    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False).translate(_SSE_ESCAPES)
+    return f"data: {text}\n\n"
+
+
+_SSE_ESCAPES = {0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\u0085"}
 
 
 SSE_DONE = sse("[DONE]")
@@ -217,6 +272,9 @@ async def iterate_in_thread(factory: Callable[[], Iterator[T]]) -> AsyncIterator
             cancelled.set()
 
     def work() -> None:
+        if cancelled.is_set():  # the consumer left before this thread started: do not start generating
+            put(done)
+            return
         iterator = factory()
         try:
             for item in iterator:
@@ -322,8 +380,19 @@ class Metrics:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+#: HTTP methods recorded as themselves in metrics; any other is recorded as "other" (labels stay bounded).
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class ServingMiddleware:
-    """ASGI middleware: API-key check and in-flight limit on protected paths, metrics on every request."""
+    """ASGI middleware in front of an app: Host allow-list, API key, body limits, in-flight limit, metrics.
+
+    The body is read here first (413 beyond ``max_body_bytes``, 408 when it takes longer than
+    ``body_timeout`` seconds), so a slow upload does not count against ``max_in_flight``: a request
+    holds a slot only while it is processed. A client that leaves before its answer is complete
+    cancels the app's work for it (a queued generation is dropped, a streamed one stops). Metric
+    labels take known values only: the route or "other", a method of `KNOWN_METHODS` or "other".
+    """
 
     def __init__(
         self,
@@ -334,6 +403,9 @@ class ServingMiddleware:
         protected: Callable[[str], bool],
         api_key: str | None,
         max_in_flight: int,
+        max_body_bytes: int | None = None,
+        body_timeout: float | None = None,
+        allowed_hosts: Iterable[str] | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
@@ -341,6 +413,9 @@ class ServingMiddleware:
         self.protected = protected
         self.api_key = api_key
         self.max_in_flight = max_in_flight
+        self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
+        self.allowed_hosts = [h.lower() for h in allowed_hosts] if allowed_hosts else None
         self.active = 0
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -349,42 +424,140 @@ class ServingMiddleware:
             return
         path = scope["path"]
         route = path if path in self.routes else "other"
-        method = scope["method"]
-        status = {"code": 500}
+        method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
+        state = {"status": 500, "finished": False}
 
         async def send_wrapper(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                state["status"] = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                state["finished"] = True
             await send(message)
 
         started = time.perf_counter()
-        self.metrics.in_flight.inc()
-        self.active += 1
+        admitted = False
         try:
-            error: ApiError | None = None
-            if self.protected(path):
-                try:
+            try:
+                self.check_host(scope)
+                if self.protected(path):
                     check_bearer(Request(scope), self.api_key)
-                except ApiError as exc:
-                    error = exc
-                if error is None and self.active > self.max_in_flight:
-                    error = ApiError(
+                body = await self.read_body(scope, receive)
+                if body is None:  # the client left mid-upload: nobody to answer
+                    state["status"] = CLIENT_CLOSED
+                    return
+                if self.protected(path) and self.active >= self.max_in_flight:
+                    raise ApiError(
                         429,
-                        f"The server is busy ({self.active - 1} requests in flight, limit {self.max_in_flight}). "
+                        f"The server is busy ({self.active} requests in flight, limit {self.max_in_flight}). "
                         "Retry after a moment.",
                         type="rate_limit_error",
                         code="server_busy",
                         headers={"Retry-After": "1"},
                     )
-            if error is not None:
+            except ApiError as error:
                 await error.response()(scope, receive, send_wrapper)
-            else:
-                await self.app(scope, receive, send_wrapper)
+                return
+            admitted = True
+            self.active += 1
+            self.metrics.in_flight.inc()
+            if not await self.run_app(scope, body, receive, send_wrapper, state):
+                state["status"] = CLIENT_CLOSED
         finally:
-            self.active -= 1
-            self.metrics.in_flight.dec()
-            self.metrics.requests.labels(route, method, str(status["code"])).inc()
+            if admitted:
+                self.active -= 1
+                self.metrics.in_flight.dec()
+            self.metrics.requests.labels(route, method, str(state["status"])).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+    def check_host(self, scope: dict[str, Any]) -> None:
+        """400 when an allow-list is set and the ``Host`` header is not on it (``*.example.com`` matches subdomains)."""
+        if self.allowed_hosts is None:
+            return
+        header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
+        host = header.lower()
+        host = host[1 : host.index("]")] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]
+        for allowed in self.allowed_hosts:
+            if allowed == "*" or host == allowed or (allowed.startswith("*.") and host.endswith(allowed[1:])):
+                return
+        raise ApiError(
+            400,
+            f"Host {header!r} is not allowed on this server (it answers for {', '.join(self.allowed_hosts)}). "
+            "Use one of those names, or add this one to the server's allowed hosts.",
+            code="host_not_allowed",
+        )
+
+    async def read_body(self, scope: dict[str, Any], receive: Any) -> bytes | None:
+        """The whole body (None when the client disconnected); 413 over the size limit, 408 past the timeout."""
+        limit = self.max_body_bytes
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"").decode("latin-1")
+        if limit is not None and declared.isdigit() and int(declared) > limit:
+            raise too_large(int(declared), limit)
+
+        async def collect() -> bytes | None:
+            body = bytearray()
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return None
+                body += message.get("body", b"")
+                if limit is not None and len(body) > limit:
+                    raise too_large(len(body), limit, at_least=True)
+                if not message.get("more_body", False):
+                    return bytes(body)
+
+        if self.body_timeout is None:
+            return await collect()
+        try:
+            return await asyncio.wait_for(collect(), self.body_timeout)
+        except asyncio.TimeoutError:
+            raise ApiError(
+                408,
+                f"The request body did not arrive within {self.body_timeout:g} s; send it at once "
+                "(this server closes slow uploads).",
+                code="request_timeout",
+                headers={"Connection": "close"},
+            ) from None
+
+    async def run_app(self, scope: dict[str, Any], body: bytes, receive: Any, send: Any, state: dict[str, Any]) -> bool:
+        """Run the app on the read ``body``; False when the client left first (its work was cancelled)."""
+        gone = asyncio.Event()
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def watch() -> None:
+            try:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+            except Exception:  # a server that cannot tell: keep serving
+                return
+            gone.set()
+
+        task = asyncio.ensure_future(self.app(scope, replay, send))
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if gone.is_set() and not task.done() and not state["finished"]:  # the client left before its answer
+                task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                if not gone.is_set():
+                    raise
+                logger.debug("client left %s %s; its request was cancelled", scope["method"], scope["path"])
+                return False
+            return True
+        finally:
+            watcher.cancel()
+            if not task.done():
+                task.cancel()
 
 
 def install_error_handlers(app: Any, describe_routes: str) -> None:

@@ -8,11 +8,23 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: Smallest non-zero temperature: below it ``logits / temperature`` overflows and sampling fails (vLLM clamps here).
+MIN_TEMPERATURE = 0.01
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+
+
+def _check_temperature(value: float | None) -> float | None:
+    if value is not None and 0 < value < MIN_TEMPERATURE:
+        raise ValueError(
+            f"temperature={value!r} is too small to sample with (it overflows the logits); "
+            f"use 0 for greedy decoding or a value from {MIN_TEMPERATURE} to 2"
+        )
+    return value
 
 
 class StreamOptions(_Body):
@@ -43,6 +55,8 @@ class CompletionRequest(_Body):
     user: str | None = None
     return_token_ids: bool = False
 
+    _temperature = field_validator("temperature")(_check_temperature)
+
 
 class CorrectionItem(_Body):
     question: str
@@ -63,6 +77,8 @@ class CorrectionRequest(_Body):
     top_p: float | None = Field(default=None, gt=0, le=1)
     on_error: Literal["raise", "passthrough"] | None = None
     include_diff: bool = False
+
+    _temperature = field_validator("temperature")(_check_temperature)
 
 
 class TokenizeRequest(_Body):

@@ -48,10 +48,13 @@ def closed_port() -> int:
 
 
 def sse_payloads(text: str) -> list[Any]:
-    """The ``data:`` payloads of a server-sent-events body, JSON-decoded (``"[DONE]"`` kept as a string)."""
+    """The ``data:`` payloads of a server-sent-events body, JSON-decoded (``"[DONE]"`` kept as a string).
+
+    Lines end at ``\n`` only (a ``\r`` before it dropped), never at U+2028 or U+0085 as with ``str.splitlines``.
+    """
     out: list[Any] = []
-    for block in text.split("\n\n"):
-        data = "\n".join(line[5:].lstrip() for line in block.splitlines() if line.startswith("data:"))
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        data = "\n".join(line[5:].lstrip() for line in block.split("\n") if line.startswith("data:"))
         if data:
             out.append(data if data == "[DONE]" else json.loads(data))
     return out

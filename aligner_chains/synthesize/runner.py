@@ -10,7 +10,6 @@ written at the end, in input order, with the stats beside it (``data.stats.json`
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -34,6 +33,7 @@ from aligner_chains.jobs import (
     run_jobs,
     run_sync,
     stable_key,
+    write_atomic,
 )
 from aligner_chains.synthesize.filters import SynthesisFilters, classify, clean_correction
 from aligner_chains.synthesize.prompts import CorrectionPrompt
@@ -305,8 +305,8 @@ async def asynthesize(
         k: dropped.get(k, 0) for k in ("empty_answer", "empty_correction", "refused", "runaway", "identical")
     }
     stats.edits = summarize_edits(pairs)
-    _write_atomic(output, "".join(line + "\n" for line in lines))
-    _write_atomic(sidecar(output, "stats"), stats.model_dump_json(indent=2) + "\n")
+    write_atomic(output, "".join(line + "\n" for line in lines))
+    write_atomic(sidecar(output, "stats"), stats.model_dump_json(indent=2) + "\n")
     return stats
 
 
@@ -349,10 +349,3 @@ class _Pipeline:
             return {**record, "status": "error", "stage": "teacher", "error": str(exc)}
         record["attempts"] += attempts
         return {**record, "correction": correction}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

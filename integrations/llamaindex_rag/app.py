@@ -188,7 +188,7 @@ def main(argv: Sequence[str] | None = None, *, out: Any = None) -> int:
 
 
 def _run(args: argparse.Namespace, questions: list[str], out: Any) -> int:
-    from aligner_chains.core.aligner import resolve_aligner
+    from aligner_chains.core import resolve_aligner
 
     from .components import LocalSentenceEmbedding, load_llm
 

@@ -23,6 +23,7 @@ from llama_index.core.llms import LLM
 from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
+from aligner_chains.backends.tokenizers import LockedTokenizer
 from aligner_chains.core.errors import MissingDependencyError
 from aligner_chains.llama_index.offline import ExtractiveLLM
 
@@ -131,11 +132,13 @@ class LocalCausalLM(CustomLLM):
         )
 
     def _inputs(self, prompt: str) -> Any:
-        tokenizer = self._loaded.tokenizer
+        # The tokenizer may be shared with an Aligner on the same weights: every call under its one lock.
+        tokenizer = LockedTokenizer(self._loaded.tokenizer)
         if getattr(tokenizer, "chat_template", None):
-            prompt = tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-            )
+            with tokenizer.lock:
+                prompt = tokenizer.raw.apply_chat_template(
+                    [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+                )
         # Keep the end of an over-long prompt (the query), leaving room for the answer.
         budget = max(16, (self._loaded.max_context or self.context_window) - self.max_new_tokens)
         batch = tokenizer(prompt, return_tensors="pt")
@@ -145,7 +148,7 @@ class LocalCausalLM(CustomLLM):
         import torch
 
         inputs = self._inputs(prompt)
-        tokenizer = self._loaded.tokenizer
+        tokenizer = LockedTokenizer(self._loaded.tokenizer)
         with self._loaded.lock, torch.inference_mode():
             out = self._loaded.model.generate(
                 **inputs,
@@ -164,7 +167,9 @@ class LocalCausalLM(CustomLLM):
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
         from transformers import TextIteratorStreamer
 
-        streamer = TextIteratorStreamer(self._loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        streamer = TextIteratorStreamer(  # it only decodes, through the lock
+            LockedTokenizer(self._loaded.tokenizer), skip_prompt=True, skip_special_tokens=True
+        )
         worker = threading.Thread(target=self._generate, args=(prompt, streamer), daemon=True)
         worker.start()
 

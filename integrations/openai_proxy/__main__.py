@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--upstream-timeout", type=float, default=120.0, help="seconds to wait for the upstream")
     parser.add_argument("--fail-open", action="store_true", help="on an Aligner failure return the uncorrected reply")
     parser.add_argument(
+        "--header-timeout", type=float, default=10.0, help="seconds a client may take to send its headers (then closed)"
+    )
+    parser.add_argument("--body-timeout", type=float, default=30.0, help="seconds a client may take to send its body")
+    parser.add_argument(
         "--api-key-env",
         default="ALIGNER_PROXY_API_KEY",
         help="variable holding the key clients must send to the proxy (default ALIGNER_PROXY_API_KEY; unset: none)",
@@ -59,6 +63,7 @@ def build_app(args: argparse.Namespace):
         upstream_timeout=args.upstream_timeout,
         fail_open=args.fail_open,
         max_new_tokens=args.max_new_tokens,
+        body_timeout=args.body_timeout,
     )
 
 
@@ -73,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"Correcting proxy on http://{args.host}:{args.port}/v1 -> {args.upstream}", file=sys.stderr)
-    run_server(app, host=args.host, port=args.port, log_level=args.log_level)
+    run_server(app, host=args.host, port=args.port, log_level=args.log_level, header_timeout=args.header_timeout)
     return 0
 
 

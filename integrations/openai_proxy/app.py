@@ -11,9 +11,13 @@ Any app that speaks the OpenAI chat API gets corrected answers by pointing its b
 - ``stream=true``: the upstream stream is read in full (the Aligner needs the whole answer), then the
   correction streams as ``chat.completion.chunk`` deltas; the last chunk of a choice carries ``aligner``.
 
-Failures: upstream unreachable, 502; upstream too slow, 504; upstream 4xx, relayed as is; upstream 5xx,
-502 with its message. The Aligner failing or taking longer than ``aligner_timeout``: 502/504, or with
-``fail_open=True`` the uncorrected answer, with the reason in ``aligner.error``.
+Failures: upstream unreachable, 502; upstream too slow, 504; upstream 4xx, relayed as is (with its
+``Retry-After``); upstream 5xx, 502 with its message. A reply cut short is a 502, never a corrected half
+answer: a stream that ends without ``[DONE]`` or a ``finish_reason`` for every choice (closed, broken, or
+not an event stream at all), or a choice the upstream reports aborted (``finish_reason: "abort"``). The
+``finish_reason`` is relayed as the upstream sent it, ``null`` included; the proxy never invents one.
+The Aligner failing or taking longer than ``aligner_timeout``: 502/504, or with ``fail_open=True`` the
+uncorrected answer, with the reason in ``aligner.error``.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ from aligner_chains.server.http import (
 )
 
 SUMMARY_FIELD = "aligner"
+#: The ``finish_reason`` vLLM and SGLang send for a generation they cancelled.
+ABORTED = "abort"
 ROUTES = "POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics"
 
 
@@ -66,7 +72,10 @@ class ProxyConfig(BaseModel):
     fail_open: bool = False
     """On an Aligner failure or timeout, answer the uncorrected reply (marked) instead of 502/504."""
     max_body_bytes: int = Field(default=4 * 1_048_576, ge=1)
+    body_timeout: float = Field(default=30.0, gt=0)
+    """Seconds a client may take to send its whole request body (408 beyond)."""
     max_in_flight: int = Field(default=1024, ge=1)
+    """Requests processed at once (counted once their body is read); beyond, 429 with ``Retry-After``."""
     max_new_tokens: int | None = Field(default=None, ge=1)
     """Generation budget of each correction (None: the Aligner's default)."""
 
@@ -140,25 +149,47 @@ class _Proxy:
         )
 
     @staticmethod
-    def _upstream_failure(status: int, body: bytes, url: str) -> ApiError | JSONResponse:
-        """Upstream 4xx are the client's to see (relayed as is); 5xx become 502 with the upstream's message."""
+    def _upstream_failure(response: Any, body: bytes, url: str) -> ApiError | JSONResponse:
+        """Upstream 4xx are the client's to see (relayed as is); 5xx become 502 with the upstream's message.
+
+        The upstream's ``Retry-After`` (on a 429 or 503) goes to the client with either.
+        """
+        status = response.status_code
+        retry_after = response.headers.get("retry-after")
+        headers = {"Retry-After": retry_after} if retry_after else None
         try:
             payload = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError):
             payload = None
         if 400 <= status < 500 and isinstance(payload, dict):
-            return JSONResponse(payload, status_code=status)
+            return JSONResponse(payload, status_code=status, headers=headers)
         from aligner_chains.backends.remote.protocol import error_message
 
         message = error_message(payload) if payload is not None else body[:300].decode("utf-8", "replace")
         if 400 <= status < 500:
-            return ApiError(status, f"The upstream refused the request (HTTP {status}): {message}")
+            return ApiError(status, f"The upstream refused the request (HTTP {status}): {message}", headers=headers)
         return ApiError(
             502,
             f"The upstream at {url} failed (HTTP {status}): {message}",
             type="upstream_error",
             code="upstream_error",
+            headers=headers,
         )
+
+    @staticmethod
+    def _incomplete(url: str, why: str) -> ApiError:
+        return ApiError(
+            502,
+            f"The upstream at {url} {why}; its answer may be incomplete, so it is neither corrected nor passed on.",
+            type="upstream_error",
+            code="upstream_incomplete",
+        )
+
+    def refuse_aborted(self, finish: dict[int, Any], url: str) -> None:
+        """502 when the upstream reports a choice aborted (vLLM's and SGLang's ``finish_reason: "abort"``)."""
+        aborted = sorted(index for index, reason in finish.items() if reason == ABORTED)
+        if aborted:
+            raise self._incomplete(url, f"aborted choice(s) {aborted} (finish_reason {ABORTED!r})")
 
     async def post(self, request: Request, body: dict[str, Any]) -> dict[str, Any] | JSONResponse:
         import httpx
@@ -172,7 +203,7 @@ class _Proxy:
         finally:
             self.upstream_seconds.observe(time.perf_counter() - started)
         if response.status_code >= 400:
-            failure = self._upstream_failure(response.status_code, response.content, url)
+            failure = self._upstream_failure(response, response.content, url)
             if isinstance(failure, ApiError):
                 raise failure
             return failure
@@ -184,41 +215,69 @@ class _Proxy:
             ) from None
         if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
             raise ApiError(502, f"The upstream at {url} answered without a 'choices' list.", type="upstream_error")
+        choices = [c for c in data["choices"] if isinstance(c, dict)]
+        self.refuse_aborted({c.get("index", i): c.get("finish_reason") for i, c in enumerate(choices)}, url)
         return data
 
     async def post_stream(self, request: Request, body: dict[str, Any]) -> list[dict[str, Any]] | JSONResponse:
-        """All chunks of the upstream's stream (read in full: the Aligner needs the whole answer)."""
+        """All chunks of the upstream's stream (read in full: the Aligner needs the whole answer).
+
+        The stream must end properly, with ``data: [DONE]`` or a ``finish_reason`` for every choice; one
+        that stops short (closed or broken connection, a body that is not an event stream) is a 502.
+        """
         import httpx
 
-        from aligner_chains.backends.remote.protocol import sse_events
+        from aligner_chains.backends.remote.protocol import SSEDecoder
         from aligner_chains.core.errors import BackendError
 
         url = f"{self.upstream}/chat/completions"
         started = time.perf_counter()
+        decoder = SSEDecoder()
         chunks: list[dict[str, Any]] = []
         try:
             async with self.client().stream("POST", url, json=body, headers=self.upstream_headers(request)) as response:
                 if response.status_code >= 400:
-                    failure = self._upstream_failure(response.status_code, await response.aread(), url)
+                    failure = self._upstream_failure(response, await response.aread(), url)
                     if isinstance(failure, ApiError):
                         raise failure
                     return failure
-                lines = [line async for line in response.aiter_lines()]
+                content_type = response.headers.get("content-type", "")
+                try:
+                    async for data in response.aiter_bytes():
+                        chunks += decoder.feed(data)
+                        if decoder.done:
+                            break
+                    else:
+                        chunks += decoder.finish()
+                except httpx.TimeoutException:
+                    raise
+                except httpx.TransportError as exc:  # the response had begun: the stream broke off
+                    raise self._incomplete(
+                        url, f"broke off its stream after {len(chunks)} events ({type(exc).__name__}: {exc})"
+                    ) from None
         except httpx.TransportError as exc:
             raise self._transport_error(exc) from None
-        finally:
-            self.upstream_seconds.observe(time.perf_counter() - started)
-        try:
-            for event in sse_events(_Lines(lines)):
-                if "error" in event and not event.get("choices"):
-                    raise ApiError(
-                        502, f"The upstream stream failed: {json.dumps(event['error'])[:300]}", type="upstream_error"
-                    )
-                chunks.append(event)
         except BackendError as exc:
             raise ApiError(
                 502, f"The upstream at {url} sent a malformed stream: {exc}", type="upstream_error"
             ) from None
+        finally:
+            self.upstream_seconds.observe(time.perf_counter() - started)
+        for event in chunks:
+            if "error" in event and not event.get("choices"):
+                raise ApiError(
+                    502, f"The upstream stream failed: {json.dumps(event['error'])[:300]}", type="upstream_error"
+                )
+        plan = _StreamPlan(chunks)
+        if not chunks and not decoder.done:
+            raise self._incomplete(
+                url, f"answered stream=true without an event stream (Content-Type {content_type or '(none)'!r})"
+            )
+        unfinished = [index for index in plan.order if index not in plan.finish]
+        if not decoder.done and (unfinished or not plan.order):
+            which = f"no finish_reason for choice(s) {unfinished}" if unfinished else "no choices"
+            raise self._incomplete(url, f"ended its stream without [DONE] ({which}, after {len(chunks)} events)")
+        self.refuse_aborted(plan.finish, url)
         return chunks
 
     # ----------------------------------------------------------------- correction
@@ -274,6 +333,9 @@ class _Proxy:
             task = asyncio.ensure_future(call)
             task.add_done_callback(_consume)
             result = await asyncio.wait_for(asyncio.shield(task), self.config.aligner_timeout)
+        except asyncio.CancelledError:  # the client left: a correction still queued is dropped
+            task.cancel()
+            raise
         except Exception as exc:
             results = [self.aligner_failed(q, a, exc) for q, a in pairs]
         else:
@@ -287,16 +349,6 @@ def _consume(task: asyncio.Future[Any]) -> None:
     """Retrieve an abandoned task's outcome, so a late failure is not reported as never retrieved."""
     if not task.cancelled():
         task.exception()
-
-
-class _Lines:
-    """Adapts collected lines to what `sse_events` reads (``iter_lines``)."""
-
-    def __init__(self, lines: list[str]) -> None:
-        self.lines = lines
-
-    def iter_lines(self) -> list[str]:
-        return self.lines
 
 
 def last_user_text(messages: list[Any]) -> str:
@@ -353,6 +405,8 @@ def create_proxy_app(
         protected=lambda path: path.startswith("/v1/"),
         api_key=config.api_key,
         max_in_flight=config.max_in_flight,
+        max_body_bytes=config.max_body_bytes,
+        body_timeout=config.body_timeout,
     )
 
     @app.get("/health")
@@ -534,7 +588,7 @@ async def _corrected_stream(proxy: _Proxy, plan: _StreamPlan, question: str, hea
             summary = correction.summary() if correction is not None else {"error": "no correction produced"}
             if correction is not None:
                 proxy.record(correction)
-            yield sse(plan.chunk(index, {}, plan.finish.get(index, "stop"), **{SUMMARY_FIELD: summary}))
+            yield sse(plan.chunk(index, {}, plan.finish.get(index), **{SUMMARY_FIELD: summary}))
         for chunk in plan.trailers():
             yield sse(chunk)
     except Exception as exc:

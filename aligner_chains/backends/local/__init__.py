@@ -1,7 +1,8 @@
 """The local backend: load a Hugging Face causal LM (one process-wide cache) and decode in this process.
 
 Decoding strategies: `HFGenerate` (plain ``model.generate``) and `CopyAwareSpeculative` (the
-default for greedy corrections: drafts from the answer, verified, same tokens as plain greedy).
+default for greedy corrections: drafts from the answer, verified, same tokens as plain greedy in
+fp32; models it is not exact on, such as sliding-window or hybrid ones, take plain ``generate``).
 """
 
 from aligner_chains.backends.local.backend import IncrementalDecoder, LocalBackend
@@ -13,6 +14,7 @@ from aligner_chains.backends.local.loading import (
     clear_model_cache,
     load_model,
 )
+from aligner_chains.backends.local.settings import check_generation_keys
 from aligner_chains.backends.local.speculative import CopyAwareSpeculative
 from aligner_chains.backends.local.strategy import DecodeResult, DecodingStrategy, HFGenerate
 
@@ -27,6 +29,7 @@ __all__ = [
     "LocalBackend",
     "Quantization",
     "cached_model_count",
+    "check_generation_keys",
     "clear_model_cache",
     "load_model",
 ]

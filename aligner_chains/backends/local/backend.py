@@ -10,11 +10,12 @@ from typing import Any, Literal
 import torch
 
 from aligner_chains.backends.local.loading import LoadedModel
+from aligner_chains.backends.local.settings import check_generation, checkpoint_max_new_tokens
 from aligner_chains.backends.local.speculative import CopyAwareSpeculative
-from aligner_chains.backends.local.strategy import DecodingStrategy
-from aligner_chains.backends.tokenizers import decode_text
+from aligner_chains.backends.local.strategy import DecodingStrategy, HFGenerate
+from aligner_chains.backends.tokenizers import LockedTokenizer, decode_text
 from aligner_chains.core.errors import ConfigError
-from aligner_chains.core.generation import Backend, GenerationOutput, GenerationParams, check_limits
+from aligner_chains.core.generation import Backend, GenerationOutput, GenerationParams, StopSignal, check_limits
 
 
 class _QueueStreamer:
@@ -88,19 +89,35 @@ def _eos_ids(loaded: LoadedModel) -> list[int]:
 class LocalBackend(Backend):
     """Runs a loaded Hugging Face causal LM in this process (one generation at a time per model)."""
 
+    supports_stop = True
+
     def __init__(self, loaded: LoadedModel, strategy: DecodingStrategy | None = None) -> None:
         self.loaded = loaded
         self.name = loaded.model_id
         self.max_context = loaded.max_context
         self.strategy = strategy or CopyAwareSpeculative()
-        self.tokenizer = loaded.tokenizer
+        # Every encode and decode, here and in the server, goes through the tokenizer's one lock.
+        self.tokenizer = LockedTokenizer(loaded.tokenizer)
         self.eos_token_ids = _eos_ids(loaded)
         self.pad_token_id = int(self.tokenizer.pad_token_id)
+        self.default_max_new_tokens = checkpoint_max_new_tokens(loaded.model) or self.default_max_new_tokens
+
+    def check_generation(self, params: GenerationParams) -> None:
+        check_generation(params)
+
+    def strategy_for(self, params: GenerationParams) -> DecodingStrategy:
+        """The decoder of a call: the backend's, unless the call switches it (``speculative=True/False``)."""
+        if params.speculative is None:
+            return self.strategy
+        if params.speculative:
+            return self.strategy if isinstance(self.strategy, CopyAwareSpeculative) else CopyAwareSpeculative()
+        if isinstance(self.strategy, HFGenerate):
+            return self.strategy
+        return getattr(self.strategy, "fallback", None) or HFGenerate()
 
     def _encode(self, text: str | list[str], **kwargs: Any) -> Any:
         """Tokenise under the model's tokenizer lock (fast tokenizers are not safe to share across threads)."""
-        with self.loaded.tokenizer_lock:
-            return self.tokenizer(text, **kwargs)
+        return self.tokenizer(text, **kwargs)
 
     def count_tokens(self, text: str) -> int:
         return len(self._encode(text, add_special_tokens=True)["input_ids"])
@@ -115,7 +132,9 @@ class LocalBackend(Backend):
         return self.tokenizer.decode(ids[n_tokens:], clean_up_tokenization_spaces=False)
 
     def can_mix_limits(self, params: GenerationParams) -> bool:
-        return self.strategy.mixes_limits(params)
+        # A strategy that hands this model or these settings to plain generate mixes limits as that does.
+        strategy = self.strategy_for(params)
+        return strategy.fallback_reason(self.loaded.model, params) is None and strategy.mixes_limits(params)
 
     def generate(
         self,
@@ -123,8 +142,9 @@ class LocalBackend(Backend):
         params: GenerationParams,
         sources: Sequence[str] | None = None,
         limits: Sequence[int] | None = None,
+        stop: StopSignal | None = None,
     ) -> list[GenerationOutput]:
-        return self._run(list(prompts), params, sources=sources, limits=limits)
+        return self._run(list(prompts), params, stop_event=stop, sources=sources, limits=limits)
 
     def _run(
         self,
@@ -145,7 +165,7 @@ class LocalBackend(Backend):
         input_ids = batch["input_ids"].to(self.loaded.device)
         attention_mask = batch["attention_mask"].to(self.loaded.device)
         with self.loaded.lock, torch.inference_mode():
-            result = self.strategy.decode(
+            result = self.strategy_for(params).decode(
                 self.loaded.model,
                 input_ids,
                 attention_mask,

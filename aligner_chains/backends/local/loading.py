@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import torch
 
-from aligner_chains.backends.tokenizers import load_tokenizer
+from aligner_chains.backends.tokenizers import TokenizerMode, load_tokenizer, tokenizer_lock
 from aligner_chains.core.errors import (
     CheckpointError,
     ConfigError,
@@ -47,6 +47,7 @@ class LoadOptions:
     trust_remote_code: bool = False
     allow_pickle: bool = False
     revision: str | None = None
+    tokenizer_mode: TokenizerMode = "auto"
 
 
 @dataclass
@@ -63,8 +64,12 @@ class LoadedModel:
     max_context: int | None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # Fast tokenizers set padding/truncation state on the shared Rust object for each call, so
-    # concurrent calls with different settings corrupt each other: every call takes this lock.
-    tokenizer_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # concurrent calls with different settings corrupt each other: every call takes this lock, the
+    # tokenizer's one lock (`LockedTokenizer` wrappers of it, anywhere, take the same).
+    tokenizer_lock: threading.Lock = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.tokenizer_lock = tokenizer_lock(self.tokenizer)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -118,6 +123,33 @@ def check_checkpoint(path: Path, *, allow_pickle: bool) -> None:
         )
 
 
+def check_loaded_weights(path: Path, loading_info: dict[str, Any]) -> None:
+    """Fail with `CheckpointError` naming the weights the model lacked or did not use.
+
+    transformers fills a missing tensor with random values and drops an unexpected one, with only a
+    log line: a checkpoint short of ``model.embed_tokens.weight``, or whose ``num_hidden_layers``
+    disagrees with its weights, would load and generate garbage. Tied weights (``lm_head`` with
+    ``tie_word_embeddings``) are not reported missing by transformers, so they pass.
+    """
+    problems = []
+    for key, what in (
+        ("missing_keys", "missing from the checkpoint (the model would use random values)"),
+        ("unexpected_keys", "in the checkpoint but not in the model its config.json describes (they would be dropped)"),
+        ("mismatched_keys", "of the wrong shape"),
+    ):
+        names = sorted(str(name if isinstance(name, str) else name[0]) for name in loading_info.get(key) or ())
+        if names:
+            shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+            problems.append(f"{len(names)} weight(s) {what}: {shown}")
+    problems += [str(message) for message in loading_info.get("error_msgs") or ()]
+    if problems:
+        raise CheckpointError(
+            f"The weights in {path} do not match its config.json: " + "; ".join(problems) + ". The checkpoint is "
+            "incomplete, or config.json (e.g. num_hidden_layers) does not describe these weights: re-download "
+            "or re-export it."
+        )
+
+
 def quantization_config(quantization: Quantization | None, dtype: torch.dtype) -> Any:
     if quantization is None:
         return None
@@ -165,7 +197,7 @@ def _load_uncached(model_id: str, path: Path, options: LoadOptions) -> LoadedMod
     aligner_config = read_aligner_config(path)
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype, device)
-    tokenizer = load_tokenizer(path, trust_remote_code=options.trust_remote_code)
+    tokenizer = load_tokenizer(path, trust_remote_code=options.trust_remote_code, tokenizer_mode=options.tokenizer_mode)
     kwargs: dict[str, Any] = {
         "dtype": dtype,
         "trust_remote_code": options.trust_remote_code,
@@ -178,7 +210,7 @@ def _load_uncached(model_id: str, path: Path, options: LoadOptions) -> LoadedMod
     elif options.device_map is not None:
         kwargs["device_map"] = options.device_map
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+        model, loading_info = AutoModelForCausalLM.from_pretrained(str(path), output_loading_info=True, **kwargs)
     except (MissingDependencyError, ModelNotFoundError):
         raise
     except Exception as exc:
@@ -186,6 +218,7 @@ def _load_uncached(model_id: str, path: Path, options: LoadOptions) -> LoadedMod
             f"Cannot load the model weights from {path}: {type(exc).__name__}: {exc}. "
             "The checkpoint may be corrupt or incomplete: re-download or re-export it."
         ) from exc
+    check_loaded_weights(path, loading_info)
     if "device_map" not in kwargs:
         model.to(device)
     if options.adapter is not None:
@@ -227,6 +260,7 @@ def load_model(model_id: str, options: LoadOptions | None = None) -> LoadedModel
         trust_remote_code=options.trust_remote_code,
         allow_pickle=options.allow_pickle,
         revision=options.revision,
+        tokenizer_mode=options.tokenizer_mode,
     )
     key = (str(path), key_options)
     with _cache_lock:
@@ -243,11 +277,13 @@ def load_model(model_id: str, options: LoadOptions | None = None) -> LoadedModel
         return loaded
 
 
-def clear_model_cache() -> None:
-    """Drop every cached model (frees memory once no Aligner holds a reference)."""
+def clear_model_cache(model_id: str | None = None) -> None:
+    """Drop every cached model, or only those loaded from ``model_id`` (frees memory once no Aligner holds them)."""
+    path = None if model_id is None else str(resolve_model_path(model_id))
     with _cache_lock:
-        _cache.clear()
-        _load_locks.clear()
+        for key in [k for k in _cache if path is None or k[0] == path]:
+            del _cache[key]
+            _load_locks.pop(key, None)
 
 
 def cached_model_count() -> int:

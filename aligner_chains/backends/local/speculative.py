@@ -4,12 +4,18 @@ Most of a correction copies the answer it corrects. Each step, every row of the 
 tokens that followed the last generated n-gram in its answer (or in its own output so far), the
 model scores ``[last token, drafts...]`` in one forward pass with the KV cache, and the row keeps
 the longest draft prefix the model agrees with plus the model's own next token. Greedy output is
-therefore the model's greedy output, token for token; rows accept different numbers of tokens.
+therefore the model's greedy output, token for token in exact arithmetic (in half precision a
+block's sums round differently from one token's: see the README); rows accept different numbers
+of tokens.
 
 Rows advance unevenly, so rejected drafts stay in the cache as masked holes: the 2-D attention
 mask marks them invisible and position ids count only real tokens, which keeps the arithmetic
-that of an unbroken sequence. Each row stops at its own token limit, and finished rows leave the
-batch (and its cache), so a long correction does not keep its short batch-mates computing.
+that of an unbroken sequence. That holds only for full attention over a dynamic KV cache through
+an attention implementation that honours such a mask: models with a sliding window, recurrent or
+convolution state, or another attention kernel take plain ``generate`` (decided once per model by
+`aligner_chains.backends.local.forward.copy_aware_blocker`; ``Correction.stats`` says which decoder
+ran and why). Each row stops at its own token limit, and finished rows leave the batch (and its
+cache), so a long correction does not keep its short batch-mates computing.
 
 Two choices weigh compute against passes (``pass_cost_tokens``): the prompt pass runs prompts of
 very different lengths apart and joins their caches, and each verification block is only as wide
@@ -19,19 +25,34 @@ as the expected accepted tokens pay for, so one eager row does not pad the whole
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformers import DynamicCache
 
-from aligner_chains.backends.local.forward import forward_parameters, position_ids_from_mask
+from aligner_chains.backends.local.forward import forward_parameters, model_blocker, position_ids_from_mask
+from aligner_chains.backends.local.settings import inherited_settings
 from aligner_chains.backends.local.strategy import DecodeResult, DecodingStrategy, HFGenerate
 from aligner_chains.core.generation import GenerationParams
 
 # Generation settings under which greedy verification is exact; anything else takes the plain path.
 _EXACT_KEYS = {"max_new_tokens", "do_sample"}
+
+# `model_blocker` per loaded model, decided once (weak keys: a cached verdict never keeps a model alive).
+_BLOCKERS: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary()
+_BLOCKERS_LOCK = threading.Lock()
+
+
+def cached_model_blocker(model: Any) -> str | None:
+    """`model_blocker` of ``model``, computed on first use and kept for the model's lifetime."""
+    with _BLOCKERS_LOCK:
+        if model not in _BLOCKERS:
+            _BLOCKERS[model] = model_blocker(model)
+        return _BLOCKERS[model]
 
 
 @dataclass
@@ -85,7 +106,7 @@ class CopyAwareSpeculative(DecodingStrategy):
     (None: 48 on CPU, 2048 on accelerators); it decides how the prompt pass groups prompts of
     different lengths and how wide a verification block is worth making (a block is as wide as
     its longest draft, so on a busy CPU rows that rarely hit do not pad the batch with drafts).
-    Sampling and non-greedy settings fall back to ``fallback``.
+    Sampling and non-greedy settings, and models it is not exact on, fall back to ``fallback``.
     """
 
     name = "copy-aware"
@@ -118,6 +139,26 @@ class CopyAwareSpeculative(DecodingStrategy):
     def mixes_limits(self, params: GenerationParams) -> bool:
         return self.is_exact_for(params)
 
+    def fallback_reason(self, model: Any, params: GenerationParams) -> str | None:
+        """Why this call takes plain ``generate``: settings greedy verification does not reproduce, or a
+        model it is not exact on (`aligner_chains.backends.local.forward.copy_aware_blocker`)."""
+        if not self.is_exact_for(params):
+            settings = params.generate_kwargs()
+            odd = {k: v for k, v in settings.items() if k not in _EXACT_KEYS or (k == "do_sample" and v)}
+            return (
+                "generation settings greedy verification does not reproduce ("
+                + ", ".join(f"{k}={v!r}" for k, v in sorted(odd.items()))
+                + ")"
+            )
+        inherited = inherited_settings(model, params)  # generate would apply them; verification would not
+        if inherited:
+            return (
+                "the checkpoint's generation_config sets "
+                + ", ".join(f"{k}={v!r}" for k, v in sorted(inherited.items()))
+                + ", which plain generate applies"
+            )
+        return cached_model_blocker(model)
+
     def decode(
         self,
         model: Any,
@@ -132,8 +173,9 @@ class CopyAwareSpeculative(DecodingStrategy):
         sources: list[list[int]] | None = None,
         limits: list[int] | None = None,
     ) -> DecodeResult:
-        if not self.is_exact_for(params) or getattr(model.config, "is_encoder_decoder", False):
-            return self.fallback.decode(
+        reason = self.fallback_reason(model, params)
+        if reason is not None:
+            result = self.fallback.decode(
                 model,
                 input_ids,
                 attention_mask,
@@ -144,6 +186,8 @@ class CopyAwareSpeculative(DecodingStrategy):
                 stop_event=stop_event,
                 limits=limits,
             )
+            stats = [{**row, "decoder": self.fallback.name, "decoder_reason": reason} for row in result.stats]
+            return dataclasses.replace(result, stats=stats)
         device = input_ids.device
         if limits is None:
             limits = [int(params.max_new_tokens or 1)] * input_ids.shape[0]
@@ -227,8 +271,12 @@ class CopyAwareSpeculative(DecodingStrategy):
         tokens = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
         for r, row in enumerate(rows):
             tokens[r, : len(row.generated)] = torch.tensor(row.generated, dtype=torch.long)
+        attention = getattr(model.config, "_attn_implementation", None)
+        why = f"greedy settings; full attention over a dynamic KV cache ({attention})"
         stats = [
             {
+                "decoder": self.name,
+                "decoder_reason": why,
                 "forward_passes": row.passes,
                 "draft_tokens": row.drafted,
                 "accepted_draft_tokens": row.accepted,

@@ -11,10 +11,16 @@ import torch
 
 from aligner_chains.core.generation import GenerationParams
 
+# ``Correction.stats["decoder_reason"]`` when plain decoding was asked for rather than fallen back to.
+PLAIN_REQUESTED = "plain decoding requested (speculative=False or strategy=HFGenerate())"
+
 
 @dataclass
 class DecodeResult:
-    """New token ids per row (padded with pad id after EOS), and per-row statistics."""
+    """New token ids per row (padded with pad id after EOS), and per-row statistics.
+
+    Every row's stats name the decoder that ran (``"decoder"``) and why (``"decoder_reason"``).
+    """
 
     tokens: torch.Tensor
     stats: list[dict[str, Any]]
@@ -48,6 +54,10 @@ class DecodingStrategy(ABC):
     def mixes_limits(self, params: GenerationParams) -> bool:
         """True when rows of one batch can stop at their own ``limits`` without running past them."""
         return False
+
+    def fallback_reason(self, model: Any, params: GenerationParams) -> str | None:
+        """Why this strategy would hand a call on ``model`` with ``params`` to plain ``generate`` (None: it runs)."""
+        return None
 
 
 class _StopOnEvent:
@@ -114,4 +124,5 @@ class HFGenerate(DecodingStrategy):
             **kwargs,
         )
         new = out[:, input_ids.shape[1] :]
-        return DecodeResult(tokens=new, stats=[{"forward_passes": int(new.shape[1])} for _ in range(new.shape[0])])
+        stats = {"decoder": self.name, "decoder_reason": PLAIN_REQUESTED, "forward_passes": int(new.shape[1])}
+        return DecodeResult(tokens=new, stats=[dict(stats) for _ in range(new.shape[0])])

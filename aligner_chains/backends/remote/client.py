@@ -34,11 +34,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
-from aligner_chains.backends.remote.protocol import error_message, estimate_tokens, short_text, sse_events
+from aligner_chains.backends.remote.protocol import (
+    error_message,
+    estimate_tokens,
+    finish_reason,
+    is_count,
+    short_text,
+    sse_events,
+)
 from aligner_chains.backends.remote.transport import HTTPTransport
-from aligner_chains.backends.tokenizers import decode_text, load_tokenizer
+from aligner_chains.backends.tokenizers import LockedTokenizer, decode_text, load_tokenizer
 from aligner_chains.core.errors import BackendError, BackendTimeoutError, ConfigError
-from aligner_chains.core.generation import Backend, GenerationOutput, GenerationParams, check_limits
+from aligner_chains.core.generation import Backend, GenerationOutput, GenerationParams, StopSignal, check_limits
 from aligner_chains.core.model_files import read_aligner_config, resolve_model_path
 from aligner_chains.core.templates import Template, get_template, template_for_model
 
@@ -82,6 +89,8 @@ class RemoteBackend(Backend):
             app); it is not closed by `close`.
     """
 
+    supports_stop = True
+
     def __init__(
         self,
         base_url: str,
@@ -113,7 +122,7 @@ class RemoteBackend(Backend):
             raise ConfigError(f"token_counting={token_counting!r}: use 'auto', 'tokenizer', 'server' or 'estimate'.")
         if token_counting == "tokenizer" and tokenizer is None:
             raise ConfigError("token_counting='tokenizer' needs tokenizer= (a local path, cached hub id or object).")
-        if not (max_context is None or max_context == "auto" or (isinstance(max_context, int) and max_context > 0)):
+        if not (max_context is None or max_context == "auto" or (is_count(max_context) and max_context > 0)):
             raise ConfigError(f"max_context={max_context!r}: use a positive int, None or 'auto'.")
         for label, value in (("max_retries", max_retries), ("max_concurrency", max_concurrency)):
             if not isinstance(value, int) or value < (0 if label == "max_retries" else 1):
@@ -149,12 +158,12 @@ class RemoteBackend(Backend):
         self._pool: ThreadPoolExecutor | None = None
         self._models: list[dict[str, Any]] | None = None
         self._max_context = max_context
-        self._tokenizer: Any = None
+        self._tokenizer: LockedTokenizer | None = None  # every call under the tokenizer's one lock
         self._tokenizer_dir: Path | None = None
         self._counting: str = token_counting
         self._count_cache: OrderedDict[str, int] = OrderedDict()
         if tokenizer is not None:
-            self._tokenizer = self._load_tokenizer(tokenizer)
+            self._tokenizer = LockedTokenizer(self._load_tokenizer(tokenizer))
             if token_counting == "auto":
                 self._counting = "tokenizer"
 
@@ -173,7 +182,15 @@ class RemoteBackend(Backend):
         if self._max_context == "auto":
             info = self._model_info()
             value = info.get("max_model_len") if info else None
-            self._max_context = value if isinstance(value, int) and value > 0 else None
+            if value is not None and not (is_count(value) and value > 0):
+                logger.warning(
+                    "%s lists max_model_len=%s for %r, which is not a positive whole number: ignored, so only "
+                    "the server checks lengths. Pass max_context= to check them here.",
+                    self.base_url,
+                    short_text(value),
+                    self.name,
+                )
+            self._max_context = value if is_count(value) and value > 0 else None
         return self._max_context
 
     def resolve_model(self) -> str:
@@ -283,12 +300,12 @@ class RemoteBackend(Backend):
             if exc.status_code is not None and 400 <= exc.status_code < 500 and exc.status_code not in (401, 403):
                 return False
             raise
-        return isinstance(data, dict) and isinstance(data.get("count"), int)
+        return isinstance(data, dict) and is_count(data.get("count"))
 
     def count_tokens(self, text: str) -> int:
         mode = self.counting_mode()
         if mode == "tokenizer":
-            return len(self._tokenizer(text, add_special_tokens=True)["input_ids"])
+            return self._tokenizer.count(text, add_special_tokens=True)
         if mode == "estimate":
             return estimate_tokens(text)
         with self._cache_lock:
@@ -299,7 +316,7 @@ class RemoteBackend(Backend):
             "POST", "/tokenize", {"model": self.name, "prompt": text, "add_special_tokens": True}
         )
         count = data.get("count") if isinstance(data, dict) else None
-        if not isinstance(count, int):
+        if not is_count(count):
             raise BackendError(f"{self.base_url}/tokenize answered without an integer 'count': {short_text(data)}")
         with self._cache_lock:
             self._count_cache[text] = count
@@ -312,7 +329,7 @@ class RemoteBackend(Backend):
             return text
         mode = self.counting_mode()
         if mode == "tokenizer":
-            ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = self._tokenizer.ids(text, add_special_tokens=False)
             return self._tokenizer.decode(ids[n_tokens:], clean_up_tokenization_spaces=False)
         if mode == "server":
             data = self.transport.request_json(
@@ -385,12 +402,13 @@ class RemoteBackend(Backend):
         params: GenerationParams,
         sources: Sequence[str] | None = None,
         limits: Sequence[int] | None = None,
+        stop: StopSignal | None = None,
     ) -> list[GenerationOutput]:
         """One request per prompt (exact per-prompt usage), at most ``max_concurrency`` in flight.
 
         ``sources`` (copy-draft hints for local speculative decoding) are not sent: a server that drafts
         from the prompt (vLLM's n-gram speculative decoding) finds the answer there by itself.
-        ``limits`` sets each request's ``max_tokens``.
+        ``limits`` sets each request's ``max_tokens``. Once ``stop`` is set, requests not yet sent are not.
         """
         prompts = list(prompts)
         check_limits(limits, len(prompts))
@@ -401,10 +419,12 @@ class RemoteBackend(Backend):
             with self._lock:
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="aligner-remote")
-        futures = [self._pool.submit(self._complete, p, q) for p, q in zip(prompts, each, strict=True)]
+        futures = [self._pool.submit(self._complete, p, q, stop) for p, q in zip(prompts, each, strict=True)]
         return [f.result() for f in futures]
 
-    def _complete(self, prompt: str, params: GenerationParams) -> GenerationOutput:
+    def _complete(self, prompt: str, params: GenerationParams, stop: StopSignal | None = None) -> GenerationOutput:
+        if stop is not None and stop.is_set():
+            raise BackendError("Not sent: every caller of this batch has gone.")
         data = self.transport.request_json("POST", "/v1/completions", self.request_body(prompt, params, stream=False))
         choices = data.get("choices") if isinstance(data, dict) else None
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
@@ -412,12 +432,22 @@ class RemoteBackend(Backend):
         choice = choices[0]
         return self._output(
             prompt,
-            choice.get("text") or "",
+            self._choice_text(choice),
             choice.get("finish_reason"),
-            choice.get("stop_reason"),
+            _stop_reason(choice),
             data.get("usage"),
             choice.get("token_ids"),
         )
+
+    def _choice_text(self, choice: Any) -> str:
+        """A choice's ``text``; none is a `BackendError`, not an empty correction (which would erase the answer)."""
+        text = choice.get("text") if isinstance(choice, dict) else None
+        if not isinstance(text, str):
+            raise BackendError(
+                f"{self.base_url}/v1/completions answered with a choice without a 'text' string: {short_text(choice)}",
+                url=self.base_url + "/v1/completions",
+            )
+        return text
 
     def stream(
         self, prompt: str, params: GenerationParams, source: str | None = None
@@ -444,9 +474,9 @@ class RemoteBackend(Backend):
                     if event.get("usage"):
                         usage = event["usage"]
                     for choice in event.get("choices") or []:
-                        raw += choice.get("text") or ""
-                        if choice.get("finish_reason"):
-                            finish, stop_reason = choice["finish_reason"], choice.get("stop_reason")
+                        raw += self._choice_text(choice)
+                        if choice.get("finish_reason") is not None:
+                            finish, stop_reason = choice["finish_reason"], _stop_reason(choice)
                         if isinstance(choice.get("token_ids"), list):
                             got_ids = True
                             ids.extend(choice["token_ids"])
@@ -482,27 +512,29 @@ class RemoteBackend(Backend):
         self,
         prompt: str,
         raw_text: str,
-        finish_reason: Any,
+        finish_reason_raw: Any,
         stop_reason: Any,
         usage: Any,
         token_ids: Any,
     ) -> GenerationOutput:
         text = raw_text.strip()  # as engine.decode_text strips
-        finish: Literal["stop", "length"] = "length" if finish_reason == "length" else "stop"
+        finish = finish_reason(finish_reason_raw, self.base_url + "/v1/completions")
         usage = usage if isinstance(usage, dict) else {}
         n_prompt = usage.get("prompt_tokens")
-        if not isinstance(n_prompt, int):
+        if not is_count(n_prompt):
             n_prompt = self.count_tokens(prompt)
         n_completion = usage.get("completion_tokens")
-        if isinstance(n_completion, int):
+        if is_count(n_completion):
             # Servers count the end-of-sequence (or stop) token they generated; the local backend does not.
-            if finish == "stop" and not isinstance(stop_reason, str):
+            # vLLM's stop_reason (SGLang's matched_stop) is the stop string, the stop token id, or None for EOS;
+            # a stop string (TGI: "stop_sequence") is text, not a token of its own.
+            if finish == "stop" and not isinstance(stop_reason, str) and finish_reason_raw != "stop_sequence":
                 n_completion -= 1
             n_completion = max(n_completion, 0)
         elif isinstance(token_ids, list):
             n_completion = len(token_ids)
         elif self._tokenizer is not None:
-            n_completion = len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+            n_completion = self._tokenizer.count(text, add_special_tokens=False)
         else:
             n_completion = 0
         if isinstance(token_ids, list) and all(isinstance(t, int) for t in token_ids):
@@ -514,7 +546,7 @@ class RemoteBackend(Backend):
             text=text,
             finish_reason=finish,
             prompt_tokens=int(n_prompt),
-            stats={"backend": "remote", "server_finish_reason": finish_reason},
+            stats={"backend": "remote", "server_finish_reason": finish_reason_raw},
         )
 
     # ----------------------------------------------------------------- lifecycle
@@ -535,3 +567,8 @@ class RemoteBackend(Backend):
     def __repr__(self) -> str:
         key = "***" if self.transport.has_api_key else None
         return f"RemoteBackend(base_url={self.base_url!r}, model={self._model!r}, api_key={key!r})"
+
+
+def _stop_reason(choice: dict[str, Any]) -> Any:
+    """What stopped a choice: vLLM's ``stop_reason`` or SGLang's ``matched_stop`` (a stop string or token id)."""
+    return choice["stop_reason"] if "stop_reason" in choice else choice.get("matched_stop")

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import timezone
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from aligner_chains.backends.remote.protocol import context_numbers, error_message, is_context_error
@@ -35,6 +38,25 @@ def import_httpx() -> Any:
     except ImportError as exc:  # pragma: no cover - httpx comes with llama-index-core
         raise MissingDependencyError("The remote backend needs httpx: pip install 'aligner-chains[remote]'.") from exc
     return httpx
+
+
+def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds a ``Retry-After`` header asks to wait: delay-seconds (``"120"``) or an HTTP date
+    (``"Wed, 21 Oct 2015 07:28:00 GMT"``, RFC 9110); None when absent or unreadable. A past date is 0."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # HTTP dates are GMT
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 class HTTPTransport:
@@ -137,7 +159,7 @@ class HTTPTransport:
                     timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
                 )
                 response = client.send(request, stream=stream)
-            except (httpx.ConnectTimeout, httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            except (httpx.ConnectTimeout, httpx.ConnectError) as exc:
                 if attempt < retries:
                     self._sleep(attempt, None, f"{type(exc).__name__}", method, url)
                     attempt += 1
@@ -145,6 +167,24 @@ class HTTPTransport:
                 raise BackendError(
                     f"Cannot reach {url} ({type(exc).__name__}: {exc}) after {attempt + 1} attempt(s). "
                     "Is the server running at that address?",
+                    url=url,
+                ) from exc
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+                # Connected, then the connection dropped: not an unreachable server.
+                if attempt < retries:
+                    self._sleep(attempt, None, f"{type(exc).__name__}", method, url)
+                    attempt += 1
+                    continue
+                when = (
+                    "while the request was being sent"
+                    if isinstance(exc, httpx.WriteError)
+                    else "after the request was sent, before a complete reply"
+                )
+                raise BackendError(
+                    f"{method} {url}: the server accepted the connection but it was closed {when} "
+                    f"({type(exc).__name__}: {exc}), {attempt + 1} attempt(s). The server may have crashed or "
+                    "restarted mid-request (check its log, e.g. for running out of memory), or a proxy in between "
+                    "cut the request (check its timeout and body-size limits).",
                     url=url,
                 ) from exc
             except httpx.TimeoutException as exc:
@@ -172,11 +212,9 @@ class HTTPTransport:
 
     def _sleep(self, attempt: int, retry_after: str | None, why: str, method: str, url: str) -> None:
         delay = min(self.max_backoff, self.backoff * (2**attempt)) * (0.5 + random.random() / 2)
-        if retry_after:
-            try:
-                delay = min(self.max_backoff, max(delay, float(retry_after)))
-            except ValueError:
-                pass
+        wanted = retry_after_seconds(retry_after)
+        if wanted is not None:
+            delay = min(self.max_backoff, max(delay, wanted))
         logger.info(
             "%s %s: %s, retrying in %.2f s (attempt %d of %d)",
             method,

@@ -126,7 +126,7 @@ class AlignerAnnotator(Annotator):
         **generation: Any,
     ) -> None:
         super().__init__()
-        from aligner_chains.core.aligner import resolve_aligner
+        from aligner_chains.core import resolve_aligner
 
         if measure not in ("fraction", "chars"):
             raise ConfigError(f"measure={measure!r}: use 'fraction' or 'chars'.")
