@@ -180,3 +180,15 @@ async def test_cancelled_acorrect_abandons_its_running_request() -> None:
         await task
     await asyncio.to_thread(lambda: [threading.Event().wait(0.05) for _ in range(40) if not backend.steps_run])
     assert backend.steps_run and backend.steps_run[0] < backend.steps
+
+
+async def test_cancelled_acorrect_batch_stops_its_generation() -> None:
+    backend = SlowBackend()
+    aligner = make(backend, micro_batching=False, generation={"max_new_tokens": 1000})
+    task = asyncio.create_task(aligner.acorrect_batch([("q", "one"), ("q", "two")]))
+    await asyncio.to_thread(backend.started.wait, 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.to_thread(lambda: [threading.Event().wait(0.05) for _ in range(40) if not backend.steps_run])
+    assert backend.steps_run and backend.steps_run[0] < backend.steps  # ended at the next step, not after 300

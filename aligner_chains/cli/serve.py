@@ -18,7 +18,8 @@ def add_cli(subparsers: Any) -> None:
         "serve",
         help="serve an Aligner over HTTP (OpenAI /v1/completions, /v1/corrections, /health, /metrics)",
         description="Serve an Aligner over HTTP: POST /v1/completions (OpenAI), POST /v1/corrections, "
-        "GET /v1/models, POST /tokenize, GET /health, GET /metrics (Prometheus).",
+        "GET /v1/models, POST /tokenize, GET /health, GET /metrics (Prometheus), and a browser playground at "
+        "GET /playground.",
     )
     add_model_options(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
@@ -53,6 +54,13 @@ def add_cli(subparsers: Any) -> None:
         metavar="HOST",
         help="a Host name to answer for, e.g. localhost or *.example.com (repeatable; default: any); others get 400",
     )
+    serve.add_argument(
+        "--no-playground",
+        dest="playground",
+        action="store_false",
+        help="do not serve the browser playground page at /playground (served by default; it needs no key to load, "
+        "the API it calls does)",
+    )
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(func=cmd_serve)
 
@@ -75,6 +83,7 @@ def build_app(args: argparse.Namespace) -> Any:
         body_timeout=args.body_timeout,
         cors_allow_origins=args.cors_origin,
         allowed_hosts=args.allowed_host,
+        playground=args.playground,
     )
     return create_app(load_aligner(args), config)
 
@@ -100,6 +109,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"- API key: {auth}",
         file=sys.stderr,
     )
+    if server.config.playground:
+        print(f"Playground: http://{args.host}:{args.port}/playground", file=sys.stderr)
     if args.host not in LOOPBACK and not server.config.api_key:
         print(f"warning: listening on {args.host} without an API key; set ${args.api_key_env}.", file=sys.stderr)
     run_server(app, host=args.host, port=args.port, log_level=args.log_level, header_timeout=args.header_timeout)

@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from aligner_chains.core.batching import RequestFuture, default_batcher, run_isolated
 from aligner_chains.core.errors import BackendTimeoutError, ConfigError, InputTooLongError, TemplateError
-from aligner_chains.core.generation import Backend, GenerationOutput, GenerationParams
+from aligner_chains.core.generation import Backend, GenerationOutput, GenerationParams, StopSignal
 from aligner_chains.core.model_files import default_model
 from aligner_chains.core.options import TokenizerMode, as_pair
 from aligner_chains.core.result import Correction
 from aligner_chains.core.templates import DEFAULT_TEMPLATE, Template, get_template, template_for_model
+from aligner_chains.core.threads import iterate_in_thread
 
 if TYPE_CHECKING:  # the local backend (torch, transformers) is imported only by from_pretrained
     from aligner_chains.backends.local import DecodingStrategy, Quantization
@@ -422,9 +423,13 @@ class Aligner:
         *,
         on_error: OnError | None = None,
         return_exceptions: bool = False,
+        stop: StopSignal | None = None,
         **generation: Any,
     ) -> list[Correction]:
         """Correct many pairs: one padded generation per ``batch_size`` pairs, results in input order.
+
+        Once ``stop.is_set()`` (e.g. a `threading.Event` set when the caller has gone), the running
+        generation ends early where the backend supports it; later chunks still run, briefly.
 
         Pairs are grouped by prompt length to waste little padding; each result's ``latency_s`` is
         the wall time of the batch it ran in. With ``on_error="passthrough"`` a pair that fails
@@ -463,6 +468,7 @@ class Aligner:
                 self.backend,
                 [prepared[i] for i in chunk],
                 isolate=policy == "passthrough" or return_exceptions,
+                stop=stop,
             )
             latency = time.perf_counter() - started
             for i, out in zip(chunk, outcomes, strict=True):
@@ -516,7 +522,7 @@ class Aligner:
     ) -> Correction:
         """Async `correct`: joins the micro-batch; the event loop stays free while the model runs."""
         if self._batcher is None:
-            return await asyncio.to_thread(self.correct, question, answer, on_error=on_error, **generation)
+            return (await self.acorrect_batch([(question, answer)], 1, on_error=on_error, **generation))[0]
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         req = await loop.run_in_executor(_PREPARER, self._admit, question, answer, on_error, generation)
@@ -542,44 +548,26 @@ class Aligner:
         on_error: OnError | None = None,
         **generation: Any,
     ) -> list[Correction]:
-        """Async `correct_batch`."""
-        pairs = list(pairs)
-        return await asyncio.to_thread(self.correct_batch, pairs, batch_size, on_error=on_error, **generation)
+        """Async `correct_batch`; cancelling it ends the running generation at its next step."""
+        pairs, stop = list(pairs), threading.Event()
+        try:
+            return await asyncio.to_thread(
+                self.correct_batch, pairs, batch_size, on_error=on_error, stop=stop, **generation
+            )
+        except asyncio.CancelledError:
+            stop.set()  # the thread cannot be cancelled; the signal ends its generation instead
+            raise
 
     async def aiter_correction(
         self, question: str, answer: str, *, on_error: OnError | None = None, **generation: Any
     ) -> AsyncIterator[str | Correction]:
-        """Async `iter_correction`: pieces arrive as the worker thread generates them."""
-        loop = asyncio.get_running_loop()
-        pieces: asyncio.Queue[Any] = asyncio.Queue()
-        done = object()
-        cancelled = threading.Event()
+        """Async `iter_correction`: pieces arrive as a worker thread generates them; leaving stops it."""
         for label, value in (("question", question), ("answer", answer)):
             if not isinstance(value, str):  # raise in the caller's task, not the worker thread
                 raise TypeError(f"{label} must be a str, got {type(value).__name__}: {value!r:.80}")
-
-        def work() -> None:
-            iterator = self.iter_correction(question, answer, on_error=on_error, **generation)
-            try:
-                for item in iterator:
-                    if cancelled.is_set():
-                        break
-                    loop.call_soon_threadsafe(pieces.put_nowait, item)
-            except BaseException as exc:
-                loop.call_soon_threadsafe(pieces.put_nowait, exc)
-            finally:
-                iterator.close()
-                loop.call_soon_threadsafe(pieces.put_nowait, done)
-
-        worker = loop.run_in_executor(None, work)
-        try:
-            while (item := await pieces.get()) is not done:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            cancelled.set()  # the worker stops generating at its next piece
-            del worker
+        pieces = iterate_in_thread(lambda: self.iter_correction(question, answer, on_error=on_error, **generation))
+        async for item in pieces:
+            yield item
 
     async def astream(self, question: str, answer: str, **generation: Any) -> AsyncIterator[str]:
         """Async `stream`."""

@@ -8,6 +8,7 @@ Generation is never re-implemented here: ``/v1/completions`` calls ``aligner.bac
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -39,6 +40,7 @@ from aligner_chains.server.http import (
     sse,
     validate,
 )
+from aligner_chains.server.playground import PLAYGROUND_ROUTES, add_playground
 from aligner_chains.server.schemas import CompletionRequest, CorrectionRequest, DetokenizeRequest, TokenizeRequest
 
 MAX_STOP_STRINGS = 16
@@ -207,8 +209,11 @@ def create_app(aligner: Aligner, config: ServerConfig | None = None, **options: 
     server = _Server(aligner, config)
     app = FastAPI(title="aligner-chains server", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server
-    install_error_handlers(app, ROUTES)
+    install_error_handlers(app, ROUTES + (", GET /playground" if config.playground else ""))
     routes = {"/v1/completions", "/v1/corrections", "/v1/models", "/tokenize", "/detokenize", "/health", "/metrics"}
+    if config.playground:
+        routes |= PLAYGROUND_ROUTES
+        add_playground(app, model=server.model_name, config=config)
     app.add_middleware(
         ServingMiddleware,
         metrics=server.metrics,
@@ -390,10 +395,17 @@ async def _generate(server: _Server, prompts: list[str], params: Any) -> list[Ge
     """Complete ``prompts`` in a worker thread.
 
     One prompt runs through the backend's stream, so that a client that leaves (the request is then
-    cancelled, which closes the stream) stops its generation at the next token; a list runs as one batch.
+    cancelled, which closes the stream) stops its generation at the next token; a list runs as one batch,
+    which a client that leaves stops through the backend's ``stop`` signal.
     """
     if len(prompts) > 1:
-        return await asyncio.to_thread(server.backend.generate, prompts, params)
+        stop = threading.Event()
+        options = {"stop": stop} if server.backend.supports_stop else {}
+        try:
+            return await asyncio.to_thread(server.backend.generate, prompts, params, **options)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
     items = iterate_in_thread(lambda: server.backend.stream(prompts[0], params))
     final: GenerationOutput | None = None
     try:

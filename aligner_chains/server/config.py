@@ -34,3 +34,5 @@ class ServerConfig(BaseModel):
     """Web origins (``https://app.example.com``, or ``*``) whose pages may call the API; empty: no CORS headers."""
     allowed_hosts: list[str] | None = None
     """``Host`` names this server answers for (``*.example.com`` matches subdomains); others get 400. None: any."""
+    playground: bool = True
+    """Serve the browser playground at ``/playground`` (a static page; the API it calls still needs the key)."""

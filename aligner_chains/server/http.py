@@ -11,9 +11,8 @@ import hmac
 import json
 import logging
 import re
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -23,6 +22,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from aligner_chains.core.errors import AlignerError, InputTooLongError
+from aligner_chains.core.threads import iterate_in_thread
 from aligner_chains.server.json_input import JSONInputError, parse_json
 
 __all__ = [
@@ -256,53 +256,6 @@ _SSE_ESCAPES = {0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\u0085"}
 
 
 SSE_DONE = sse("[DONE]")
-
-
-async def iterate_in_thread(factory: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
-    """Run a blocking iterator in a worker thread and yield its items; closing this stops the iterator."""
-    loop = asyncio.get_running_loop()
-    items: asyncio.Queue[Any] = asyncio.Queue()
-    cancelled = threading.Event()
-    done = object()
-
-    def put(item: Any) -> None:
-        try:
-            loop.call_soon_threadsafe(items.put_nowait, item)
-        except RuntimeError:  # the loop is gone: nobody is listening any more
-            cancelled.set()
-
-    def work() -> None:
-        if cancelled.is_set():  # the consumer left before this thread started: do not start generating
-            put(done)
-            return
-        iterator = factory()
-        try:
-            for item in iterator:
-                if cancelled.is_set():
-                    break
-                put(item)
-        except BaseException as exc:
-            put(_Raised(exc))
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()
-            put(done)
-
-    worker = loop.run_in_executor(None, work)
-    try:
-        while (item := await items.get()) is not done:
-            if isinstance(item, _Raised):
-                raise item.exc
-            yield item
-    finally:
-        cancelled.set()
-        del worker
-
-
-class _Raised:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
 
 
 async def prefetch(agen: AsyncIterator[T]) -> tuple[list[T], AsyncIterator[T]]:
