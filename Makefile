@@ -35,7 +35,8 @@ MIN_TORCH_SPEC ?= torch==2.13.0
 # Test tools and the serve stack (the remote backend's tests run a server); not floors, pip picks them.
 MIN_TEST_TOOLS := pytest pytest-asyncio langchain-tests fastapi uvicorn httpx prometheus-client
 # The core, LangChain and LlamaIndex tests, and fine-tuning (on accelerate, so its floor is run too).
-MIN_TESTS := tests/test_aligner.py tests/test_loading.py tests/test_speculative.py tests/test_micro_batching.py \
+MIN_TESTS := tests/test_aligner.py tests/test_loading.py tests/test_speculative.py tests/test_drafting.py \
+	tests/test_micro_batching.py \
 	tests/test_templates.py tests/test_remote_backend.py \
 	tests/test_langchain_runnable.py tests/test_langchain_chat_model.py tests/test_langchain_question.py \
 	tests/test_langchain_middleware.py \

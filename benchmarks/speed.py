@@ -1,17 +1,19 @@
-"""Speed benchmarks of issue 6: drafting replay, copy-aware decoding, micro-batching, adapter overhead.
+"""Speed benchmarks of issues 6 and 19: drafting replay, copy-aware decoding, micro-batching, adapter overhead.
 
     python -m benchmarks.speed            # all, writes the 'Speed' section of benchmarks/RESULTS.md
     python -m benchmarks.speed --quick    # a seconds-long smoke version (no file written)
 
 Anchors are measured in the same run: naive prompt lookup for drafting, plain ``model.generate``
-greedy and Hugging Face prompt lookup for decoding, one-at-a-time calls for micro-batching, a bare
-engine call for the LangChain adapter.
+greedy and Hugging Face prompt lookup for decoding, each correction's pass limit (prompt pass, one
+per edited region, one to end), one-at-a-time calls for micro-batching, a bare engine call for the
+LangChain adapter. `drafting_replay` replays any trace set.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import json
 import statistics
 import sys
@@ -21,7 +23,8 @@ from typing import Any
 
 import torch
 
-from aligner_chains.backends.local.speculative import CopyAwareSpeculative, _Row
+from aligner_chains.backends.local.drafting import ACCELERATOR_COST, PassCost, PhraseMemory, plan_trees
+from aligner_chains.backends.local.speculative import CopyAwareSpeculative
 from aligner_chains.core.aligner import Aligner
 from benchmarks.results import machine, now, write_section
 
@@ -68,45 +71,97 @@ def replay_naive(prompt: list[int], target: list[int], k: int = 10, max_ngram: i
     return passes
 
 
-def replay_copy_aware(answer: list[int], target: list[int], strategy: CopyAwareSpeculative) -> int:
-    """Forward passes of our drafter (the engine's own `_draft` / `_adapt`) on a teacher-forced ``target``."""
-    row = _Row(source=answer, budget=len(target) + 1, draft_len=min(strategy.max_draft, 4))
-    row.generated = target[:1]  # the prefill pass produces the first token
-    passes = 1
-    while len(row.generated) < len(target):
-        draft = strategy._draft(row)
-        done = len(row.generated)
-        accepted = 0
-        while accepted < len(draft) and done + accepted < len(target) and draft[accepted] == target[done + accepted]:
-            accepted += 1
-        strategy._adapt(row, len(draft), accepted)
-        row.generated = target[: done + accepted + 1]
-        passes += 1
-    return passes
+def replay_copy_aware(
+    answer: list[int],
+    target: list[int],
+    strategy: CopyAwareSpeculative,
+    cost: PassCost,
+    prompt_tokens: int = 0,
+    memory: PhraseMemory | None = None,
+) -> tuple[int, int]:
+    """Forward passes and verified draft tokens of our drafter on a teacher-forced ``target``, one row.
+
+    The engine's own planning (`plan_trees`, under the cost model ``cost``) and verification
+    (`DraftTree.walk`, the model's choice read off ``target``); the prompt pass verifies the first
+    draft, as in the engine. ``target`` is then remembered in ``memory``, as the engine does.
+    """
+    drafter = strategy.drafter
+    row = drafter.row(answer, len(target), memory)
+    cap = max(1, strategy.block_tokens, cost.free)
+    while not row.done:
+        first = not row.generated
+        trees, _ = plan_trees(drafter, [row], cost, cap, branches=not first, fixed=prompt_tokens if first else 0)
+        tree, done = trees[0], len(row.generated)
+        path, token = tree.walk(lambda position, tree=tree, done=done: target[done + tree.depth(position)])
+        drafter.accept(row, tree, path, token, eos=set())
+    if memory is not None:
+        memory.add(target)
+    return row.passes, row.drafted
 
 
-def bench_drafting(tokenizer: Any, limit: int | None) -> dict[str, Any]:
-    path = next(p for p in TRACES if p.is_file())
-    items = json.loads(path.read_text(encoding="utf-8"))[:limit]
+# Drafters replayed, as reported: key -> label.
+DRAFTERS = {
+    "copy_aware": "copy-aware, CPU drafter (answer, copy pointer, phrase memory)",
+    "copy_aware_no_memory": "copy-aware, CPU drafter without phrase memory",
+    "copy_aware_accelerator": "copy-aware, accelerator cost model (rest-of-answer drafts, draft trees, memory)",
+    "copy_aware_accelerator_no_trees": "copy-aware, accelerator cost model, primary draft only",
+    "copy_aware_accelerator_no_memory": "copy-aware, accelerator cost model, without phrase memory",
+}
+# Drafters replayed: (strategy, cost model, memory?). Replayed passes count, not compute, so the CPU drafter
+# runs with every draft verified (its adaptive draft length, no width cut), as the figures before issue 19 did.
+EVERY_DRAFT_VERIFIED = PassCost(overhead=1 << 30)
+# Phrase memory size when a replayed drafter remembers (the engine keeps it off unless asked).
+MEMORY_TOKENS = 16384
+
+REPLAYED = {
+    "copy_aware": (CopyAwareSpeculative(), EVERY_DRAFT_VERIFIED, True),
+    "copy_aware_no_memory": (CopyAwareSpeculative(), EVERY_DRAFT_VERIFIED, False),
+    "copy_aware_accelerator": (CopyAwareSpeculative(), ACCELERATOR_COST, True),
+    "copy_aware_accelerator_no_trees": (CopyAwareSpeculative(max_candidates=1), ACCELERATOR_COST, True),
+    "copy_aware_accelerator_no_memory": (CopyAwareSpeculative(), ACCELERATOR_COST, False),
+}
+
+
+def drafting_replay(items: list[dict[str, Any]], tokenizer: Any) -> dict[str, Any]:
+    """Tokens per forward pass of naive prompt lookup and of our drafter, replayed on recorded corrections.
+
+    ``items`` as in ``alpaca_eval-aligner-2b-gpt-4-turbo.json`` (``instruction``, ``original_output``,
+    ``output``), rendered with the template Aligner-2B ran with, replayed in order (what the model
+    wrote before is in its memory, as in a server). Keys ``naive_tokens_per_pass`` and, per drafter
+    of `REPLAYED`, ``<name>_tokens_per_pass`` and ``<name>_drafts_per_pass``: ``copy_aware`` is the
+    CPU drafter, ``copy_aware_accelerator`` the accelerator one (rest-of-answer drafts, draft trees).
+    """
     from aligner_chains.core.templates import get_template
 
     template = get_template("aligner-revision")  # the prompt Aligner-2B was run with
-    strategy = CopyAwareSpeculative()
-    tokens = naive = ours = 0
+    memories = {
+        name: PhraseMemory(MEMORY_TOKENS, strategy.drafter.max_ngram) if remember else None
+        for name, (strategy, _, remember) in REPLAYED.items()
+    }
+    tokens = naive = 0
+    passes = dict.fromkeys(REPLAYED, 0)
+    verified = dict.fromkeys(REPLAYED, 0)
     for item in items:
         prompt = tokenizer(template.render(item["instruction"], item["original_output"]))["input_ids"]
         answer = tokenizer(" " + item["original_output"], add_special_tokens=False)["input_ids"]
         target = tokenizer(" " + item["output"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         tokens += len(target)
         naive += replay_naive(prompt, target)
-        ours += replay_copy_aware(answer, target, strategy)
-    return {
-        "traces": len(items),
-        "source": path.name,
-        "target_tokens": tokens,
-        "naive_tokens_per_pass": tokens / naive,
-        "copy_aware_tokens_per_pass": tokens / ours,
-    }
+        for name, (strategy, cost, _) in REPLAYED.items():
+            used, drafted = replay_copy_aware(answer, target, strategy, cost, len(prompt), memories[name])
+            passes[name] += used
+            verified[name] += drafted
+    figures: dict[str, Any] = {"traces": len(items), "target_tokens": tokens, "naive_tokens_per_pass": tokens / naive}
+    for name in REPLAYED:
+        figures[f"{name}_tokens_per_pass"] = tokens / passes[name]
+        figures[f"{name}_drafts_per_pass"] = verified[name] / passes[name]
+    return figures
+
+
+def bench_drafting(tokenizer: Any, limit: int | None) -> dict[str, Any]:
+    path = next(p for p in TRACES if p.is_file())
+    items = json.loads(path.read_text(encoding="utf-8"))[:limit]
+    return {**drafting_replay(items, tokenizer), "source": path.name}
 
 
 # ----------------------------------------------------------------------------- 2. decoding on the demo Aligner
@@ -147,7 +202,25 @@ def hf_generate(aligner: Aligner, pairs: list[tuple[str, str]], batch_size: int,
     return texts
 
 
+def edit_limit(tokenizer: Any, answer: str, correction: str) -> int:
+    """The fewest forward passes a correction needs: the prompt pass, one per edited region, one to end.
+
+    Edited regions are the non-equal blocks of a token diff of answer and correction (the answer
+    tokenised as the decoder drafts it).
+    """
+    source = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+    written = tokenizer(" " + correction, add_special_tokens=False)["input_ids"]
+    blocks = difflib.SequenceMatcher(None, source, written, autojunk=False).get_opcodes()
+    return 2 + sum(1 for kind, *_ in blocks if kind != "equal")
+
+
+# Copy-aware configurations measured on the demo Aligner: name -> cost model.
+COPY_AWARE = {"copy-aware": "cpu", "copy-aware, accelerator cost model": "accelerator"}
+
+
 def bench_decoding(model: str, n: int, batch_sizes: tuple[int, ...]) -> list[dict[str, Any]]:
+    """Wall time, forward passes and output of each decoder; for copy-aware ones also each correction's
+    passes against its `edit_limit`. Each copy-aware run starts with an empty phrase memory."""
     from cookbook.demo_aligner.dataset import build_examples
 
     rows = build_examples(n, 1, "heldout")
@@ -155,22 +228,46 @@ def bench_decoding(model: str, n: int, batch_sizes: tuple[int, ...]) -> list[dic
     spec = Aligner.from_pretrained(model, device="cpu", micro_batching=False)
     counter = PassCounter(spec.backend.loaded.model)
     spec.correct_batch(pairs[:2], batch_size=2)  # warm-up
-    methods = {
-        "plain greedy": lambda size: hf_generate(spec, pairs, size),
-        "HF prompt lookup": lambda size: hf_generate(spec, pairs, size, prompt_lookup_num_tokens=10),
-        "copy-aware": lambda size: [c.corrected for c in spec.correct_batch(pairs, batch_size=size)],
-    }
+    limits: list[int] = []
     results = []
     for batch_size in batch_sizes:
         figures: dict[str, Any] = {"batch_size": batch_size, "requests": n}
         outputs = {}
-        for name, run in methods.items():
-            if name == "HF prompt lookup" and batch_size > 1:
-                continue  # Hugging Face's prompt lookup handles batch size 1 only
+        runs: dict[str, Any] = {
+            "plain greedy": lambda size: hf_generate(spec, pairs, size),
+            "HF prompt lookup": lambda size: hf_generate(spec, pairs, size, prompt_lookup_num_tokens=10),
+        }
+        if batch_size > 1:
+            del runs["HF prompt lookup"]  # Hugging Face's prompt lookup handles batch size 1 only
+        for name, run in runs.items():
             counter.calls = 0
             started = time.perf_counter()
             outputs[name] = run(batch_size)
             figures[name] = {"seconds": time.perf_counter() - started, "passes": counter.calls}
+        if not limits:
+            limits = [
+                edit_limit(spec.backend.tokenizer, a, c)
+                for (_, a), c in zip(pairs, outputs["plain greedy"], strict=True)
+            ]
+        for name, cost_model in COPY_AWARE.items():
+            fresh = Aligner.from_pretrained(
+                model, device="cpu", micro_batching=False, strategy=CopyAwareSpeculative(cost_model=cost_model)
+            )
+            counter.calls = 0
+            started = time.perf_counter()
+            corrections = fresh.correct_batch(pairs, batch_size=batch_size)
+            seconds = time.perf_counter() - started
+            outputs[name] = [c.corrected for c in corrections]
+            row_passes = [c.stats["forward_passes"] for c in corrections]
+            unchanged = [p for p, limit in zip(row_passes, limits, strict=True) if limit == 2]
+            figures[name] = {
+                "seconds": seconds,
+                "passes": counter.calls,
+                "row_passes": sum(row_passes),
+                "limit": sum(limits),
+                "unchanged": len(unchanged),
+                "unchanged_max_passes": max(unchanged, default=0),
+            }
         figures["identical"] = {name: out == outputs["plain greedy"] for name, out in outputs.items()}
         results.append(figures)
     counter.handle.remove()
@@ -257,20 +354,34 @@ def report(
         f"### 1. Drafting replay ({draft['traces']} real Aligner-2B traces, `{draft['source']}`, "
         f"{draft['target_tokens']} correction tokens, the demo Aligner's byte-level BPE tokenizer)",
         "",
-        "| drafter | tokens per forward pass |",
-        "|---|---:|",
-        f"| naive prompt lookup (first match, 10 drafts) | {draft['naive_tokens_per_pass']:.2f} |",
-        f"| copy-aware (answer span, copy pointer, adaptive length) | {draft['copy_aware_tokens_per_pass']:.2f} |",
-        f"| ratio | {draft['copy_aware_tokens_per_pass'] / draft['naive_tokens_per_pass']:.2f}x |",
+        "Teacher-forced replay (`benchmarks.speed.drafting_replay`) in the traces' order, so the phrase",
+        "memory holds the corrections replayed before, as in a server. Passes are counted, not compute: the",
+        "CPU drafter's drafts (its adaptive draft length, 8 to 24) are all verified here.",
+        "",
+        "| drafter | tokens per forward pass | vs naive | drafts verified per pass |",
+        "|---|---:|---:|---:|",
+        f"| naive prompt lookup (first match, 10 drafts; the anchor) | {draft['naive_tokens_per_pass']:.2f} | "
+        "1.00x | |",
+    ]
+    for key, label in DRAFTERS.items():
+        rate = draft[f"{key}_tokens_per_pass"]
+        lines.append(
+            f"| {label} | {rate:.2f} | {rate / draft['naive_tokens_per_pass']:.2f}x | "
+            f"{draft[f'{key}_drafts_per_pass']:.0f} |"
+        )
+    lines += [
         "",
         "### 2. Demo Aligner decoding (held-out set)",
+        "",
+        "Wall times are this CPU's. The accelerator cost model's row shows its passes on the same model;",
+        "its wall time here is not what an accelerator would see (it verifies whole answers per pass).",
         "",
         "| batch | method | forward passes | wall s | passes vs plain | speed-up vs plain | identical to plain |",
         "|---:|---|---:|---:|---:|---:|---|",
     ]
     for fig in decoding:
         base = fig["plain greedy"]
-        for name in ("plain greedy", "HF prompt lookup", "copy-aware"):
+        for name in ("plain greedy", "HF prompt lookup", *COPY_AWARE):
             if name not in fig:
                 continue
             f = fig[name]
@@ -278,6 +389,23 @@ def report(
                 f"| {fig['batch_size']} | {name} | {f['passes']} | {f['seconds']:.2f} | "
                 f"{base['passes'] / f['passes']:.2f}x fewer | {base['seconds'] / f['seconds']:.2f}x | "
                 f"{fig['identical'][name]} |"
+            )
+    lines += [
+        "",
+        "Forward passes per correction against the limit (the prompt pass, one per edited region of a token",
+        "diff of answer and correction, one to end: `benchmarks.speed.edit_limit`); a row's passes are those",
+        "of the batch while the row was in it.",
+        "",
+        "| batch | method | passes (all corrections) | limit | passes / limit | unchanged answers | "
+        "most passes of an unchanged one |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for fig in decoding:
+        for name in COPY_AWARE:
+            f = fig[name]
+            lines.append(
+                f"| {fig['batch_size']} | {name} | {f['row_passes']} | {f['limit']} | "
+                f"{f['row_passes'] / f['limit']:.2f} | {f['unchanged']} | {f['unchanged_max_passes']} |"
             )
     lines += [
         "",

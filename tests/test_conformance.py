@@ -19,7 +19,7 @@ from transformers import AutoConfig
 
 from aligner_chains import Aligner, Correction, GenerationParams
 from aligner_chains.backends.local import CopyAwareSpeculative, HFGenerate
-from aligner_chains.backends.local.forward import copy_aware_blocker
+from aligner_chains.backends.local.forward import copy_aware_blocker, tree_mask_blocker
 from aligner_chains.testing import TINY_FAMILIES, build_tiny_model
 
 MAX_NEW = 24
@@ -119,6 +119,45 @@ def test_long_accepted_drafts_are_exact(family) -> None:
         eos = set(spec.backend.eos_token_ids)
         written = sum(next((i + 1 for i, t in enumerate(row) if t in eos), len(row)) for row in want.tokens.tolist())
         assert sum(s["accepted_draft_tokens"] for s in got.stats) * 2 >= written  # most tokens came as drafts
+
+
+def test_accelerator_cost_model_with_draft_trees_is_exact(family) -> None:
+    """Under the accelerator cost model the prompt pass verifies the whole answer and later passes verify
+    draft trees through a 4-D mask (each draft sees only its ancestors): still plain greedy's tokens."""
+    name, spec, _ = family
+    loaded = spec.backend.loaded
+    prompts = [spec.template.render(q, a) for q, a in PAIRS]
+    with loaded.tokenizer_lock:
+        batch = loaded.tokenizer(prompts, return_tensors="pt", padding=True)
+    params = GenerationParams(max_new_tokens=MAX_NEW)
+    options = {"eos_token_ids": spec.backend.eos_token_ids, "pad_token_id": spec.backend.pad_token_id}
+    masks: list[int] = []
+    with torch.inference_mode():
+        want = HFGenerate().decode(loaded.model, batch["input_ids"], batch["attention_mask"], params, **options)
+        # Edits of every kind: a detour the correction drops, a token it replaces, one it inserts.
+        sources = []
+        for row in want.tokens.tolist():
+            sources.append(row[:4] + [5, 6, 7] + row[4:10] + [8] + row[11:16] + row[17:])
+        handle = loaded.model.register_forward_pre_hook(
+            lambda _, args, kwargs: masks.append(kwargs["attention_mask"].dim()), with_kwargs=True
+        )
+        try:
+            got = CopyAwareSpeculative(cost_model="accelerator").decode(
+                loaded.model, batch["input_ids"], batch["attention_mask"], params, sources=sources, **options
+            )
+        finally:
+            handle.remove()
+    assert got.tokens.tolist() == want.tokens.tolist()
+    if name in PLAIN:
+        assert {s["decoder"] for s in got.stats} == {"hf-generate"}
+    else:
+        assert {s["decoder"] for s in got.stats} == {"copy-aware"}
+        # Draft trees were verified where the model takes a 4-D mask (every eligible family here on
+        # current transformers; Falcon and OPT build their masks another way in transformers 5.0).
+        trees = tree_mask_blocker(loaded.model) is None
+        assert trees or name not in ("llama", "qwen2", "gpt2")
+        assert (4 in masks) == trees, (masks, tree_mask_blocker(loaded.model))
+        assert len(masks) < MAX_NEW // 2
 
 
 def config(model_type: str, **settings):

@@ -7,8 +7,9 @@ import torch
 from transformers import DynamicCache
 
 from aligner_chains import Aligner, GenerationParams
+from aligner_chains.backends.local.drafting import Row, block_width
 from aligner_chains.backends.local.loading import load_model
-from aligner_chains.backends.local.speculative import CopyAwareSpeculative, _joinable, _Row, block_width, length_groups
+from aligner_chains.backends.local.speculative import CopyAwareSpeculative, _joinable, length_groups
 from aligner_chains.backends.local.strategy import DecodingStrategy, HFGenerate
 from aligner_chains.demo import DEMO_MODEL_DIR
 
@@ -103,34 +104,34 @@ def test_stream_and_max_new_tokens(plain_and_spec: tuple[Aligner, Aligner]) -> N
 
 
 def test_draft_length_adapts() -> None:
-    strategy = CopyAwareSpeculative(max_draft=10, min_draft=2)
-    row = _Row(source=[1, 2, 3], budget=100, draft_len=4)
-    strategy._adapt(row, drafted=4, accepted=4)
+    drafter = CopyAwareSpeculative(max_draft=10, min_draft=2).drafter
+    row = Row(source=[1, 2, 3], budget=100, draft_len=4)
+    drafter.adapt(row, drafted=4, accepted=4)
     assert row.draft_len == 6
-    strategy._adapt(row, drafted=6, accepted=1)
+    drafter.adapt(row, drafted=6, accepted=1)
     assert row.draft_len == 3
     for _ in range(10):
-        strategy._adapt(row, drafted=row.draft_len, accepted=row.draft_len)
+        drafter.adapt(row, drafted=row.draft_len, accepted=row.draft_len)
     assert row.draft_len == 10
 
 
 def test_drafts_follow_the_answer_after_a_divergence() -> None:
-    strategy = CopyAwareSpeculative(max_draft=4)
-    row = _Row(source=[10, 11, 12, 13, 14, 15, 16], budget=100, draft_len=4)
+    drafter = CopyAwareSpeculative(max_draft=4).drafter
+    row = Row(source=[10, 11, 12, 13, 14, 15, 16], budget=100, draft_len=4)
     row.generated = [10, 11]
-    assert strategy._draft(row) == [12, 13, 14, 15]
+    assert drafter.draft(row) == [12, 13, 14, 15]
     row.generated = [10, 11, 99, 14]  # the correction replaced 12-13, then copies again
-    assert strategy._draft(row) == [15, 16]
+    assert drafter.draft(row) == [15, 16]
     row.generated = [10, 11, 99, 14, 15, 16, 77]  # nothing matches: guess a same-length replacement
-    assert strategy._draft(row) == []  # ... which runs past the end of the answer here
-    fresh = _Row(source=[10, 11, 12, 13, 14, 15, 16], budget=100, draft_len=4)
+    assert drafter.draft(row) == []  # ... which runs past the end of the answer here
+    fresh = Row(source=[10, 11, 12, 13, 14, 15, 16], budget=100, draft_len=4)
     fresh.generated = [10, 11]
-    assert strategy._draft(fresh) == [12, 13, 14, 15]
+    assert drafter.draft(fresh) == [12, 13, 14, 15]
     fresh.generated = [10, 11, 88]  # 12 was replaced by 88: copy on from 13
-    assert strategy._draft(fresh) == [13, 14, 15, 16]
-    unaligned = _Row(source=[1, 2, 3], budget=100, draft_len=4)
+    assert drafter.draft(fresh) == [13, 14, 15, 16]
+    unaligned = Row(source=[1, 2, 3], budget=100, draft_len=4)
     unaligned.generated = [42]
-    assert strategy._draft(unaligned) == []
+    assert drafter.draft(unaligned) == []
 
 
 demo_only = pytest.mark.skipif(not (DEMO_MODEL_DIR / "config.json").is_file(), reason="demo Aligner not installed")

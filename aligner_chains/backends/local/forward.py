@@ -8,6 +8,7 @@ loaded model.
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -102,6 +103,22 @@ def model_blocker(model: Any) -> str | None:
     return copy_aware_blocker(
         model.config, cache_layers=[type(layer).__name__ for layer in getattr(cache, "layers", ())]
     )
+
+
+def tree_mask_blocker(model: Any) -> str | None:
+    """Why ``model`` cannot verify a tree of drafts in one pass, or None when it can.
+
+    A tree needs a 4-D attention mask (each draft sees only its own ancestors). transformers'
+    ``create_causal_mask`` passes a 4-D mask through as given; a model that builds its mask some
+    other way, or derives ALiBi biases from the 2-D mask, would misread it.
+    """
+    inner = _unwrap(model)
+    if getattr(model.config, "alibi", False):
+        return "ALiBi biases are computed from the 2-D attention mask"
+    module = sys.modules.get(type(inner).__module__)
+    if module is None or not hasattr(module, "create_causal_mask"):
+        return f"{type(inner).__name__} does not build its mask with transformers' create_causal_mask"
+    return None
 
 
 def _unwrap(model: Any) -> Any:

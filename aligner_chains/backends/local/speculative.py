@@ -1,12 +1,13 @@
 """Copy-aware speculative decoding: draft from the answer being corrected, verify a block per forward pass.
 
-Most of a correction copies the answer it corrects. Each step, every row of the batch drafts the
-tokens that followed the last generated n-gram in its answer (or in its own output so far), the
-model scores ``[last token, drafts...]`` in one forward pass with the KV cache, and the row keeps
-the longest draft prefix the model agrees with plus the model's own next token. Greedy output is
-therefore the model's greedy output, token for token in exact arithmetic (in half precision a
-block's sums round differently from one token's: see the README); rows accept different numbers
-of tokens.
+Most of a correction copies the answer it corrects. The prompt pass already verifies the start of
+each row's answer as its draft; then each step every row drafts what followed its last generated
+n-gram in its answer (or in its own output so far), as a tree of candidate continuations
+(`aligner_chains.backends.local.drafting`), the model scores ``[last token, tree...]`` in one
+forward pass with the KV cache, and the row keeps the longest path of the tree the model agrees
+with plus the model's own next token. Greedy output is therefore the model's greedy output, token
+for token in exact arithmetic (in half precision a block's sums round differently from one
+token's: see the README); rows accept different numbers of tokens.
 
 Rows advance unevenly, so rejected drafts stay in the cache as masked holes: the 2-D attention
 mask marks them invisible and position ids count only real tokens, which keeps the arithmetic
@@ -14,37 +15,60 @@ that of an unbroken sequence. That holds only for full attention over a dynamic 
 an attention implementation that honours such a mask: models with a sliding window, recurrent or
 convolution state, or another attention kernel take plain ``generate`` (decided once per model by
 `aligner_chains.backends.local.forward.copy_aware_blocker`; ``Correction.stats`` says which decoder
-ran and why). Each row stops at its own token limit, and finished rows leave the batch (and its
+ran and why). A branching tree needs a 4-D mask (each node sees its ancestors only); models that
+do not take one (`aligner_chains.backends.local.forward.tree_mask_blocker`) verify the primary
+draft alone. Each row stops at its own token limit, and finished rows leave the batch (and its
 cache), so a long correction does not keep its short batch-mates computing.
 
-Two choices weigh compute against passes (``pass_cost_tokens``): the prompt pass runs prompts of
-very different lengths apart and joins their caches, and each verification block is only as wide
-as the expected accepted tokens pay for, so one eager row does not pad the whole batch.
+The cost model (`aligner_chains.backends.local.drafting.PassCost`) weighs compute against passes:
+the prompt pass runs prompts of very different lengths apart and joins their caches, each block
+is only as wide as the expected accepted tokens pay for, so one eager row does not pad the whole
+batch on a CPU, and on an accelerator, where a pass costs about the same for one token or many,
+drafts run to the rest of the answer: an unchanged answer takes one pass, a correction with k
+edited regions about k + 1.
 """
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import threading
 import weakref
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from transformers import DynamicCache
 
-from aligner_chains.backends.local.forward import forward_parameters, model_blocker, position_ids_from_mask
+from aligner_chains.backends.local.drafting import (
+    ACCELERATOR_COST,
+    CPU_COST,
+    Drafter,
+    DraftTree,
+    PassCost,
+    PhraseMemory,
+    Row,
+    plan_trees,
+)
+from aligner_chains.backends.local.forward import (
+    forward_parameters,
+    model_blocker,
+    position_ids_from_mask,
+    tree_mask_blocker,
+)
 from aligner_chains.backends.local.settings import inherited_settings
 from aligner_chains.backends.local.strategy import DecodeResult, DecodingStrategy, HFGenerate
+from aligner_chains.core.errors import ConfigError
 from aligner_chains.core.generation import GenerationParams
 
 # Generation settings under which greedy verification is exact; anything else takes the plain path.
 _EXACT_KEYS = {"max_new_tokens", "do_sample"}
 
-# `model_blocker` per loaded model, decided once (weak keys: a cached verdict never keeps a model alive).
+# Per loaded model, decided once: `model_blocker` and `tree_mask_blocker` (weak keys: a cached verdict never
+# keeps a model alive).
 _BLOCKERS: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary()
+_TREE_BLOCKERS: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary()
 _BLOCKERS_LOCK = threading.Lock()
+
+CostModel = Literal["cpu", "accelerator"]
 
 
 def cached_model_blocker(model: Any) -> str | None:
@@ -55,58 +79,32 @@ def cached_model_blocker(model: Any) -> str | None:
         return _BLOCKERS[model]
 
 
-@dataclass
-class _Row:
-    """Per-row decoding state: the draft source, what was generated, n-gram indexes and statistics."""
-
-    source: list[int]
-    budget: int
-    generated: list[int] = field(default_factory=list)
-    draft_len: int = 4
-    acceptance: float = 0.8  # running estimate of the chance that a draft token is accepted
-    pointer: int = -1  # index in ``source`` of the token last copied, to prefer the next match
-    aligned_at: int = 0  # len(generated) when ``pointer`` was set
-    done: bool = False
-    passes: int = 0
-    drafted: int = 0
-    accepted: int = 0
-    source_index: dict[tuple[int, ...], list[int]] = field(default_factory=dict)
-    history_index: dict[tuple[int, ...], list[int]] = field(default_factory=dict)
-    indexed: int = 0  # how many generated tokens ``history_index`` covers
-    max_ngram: int = 0
-
-    def remaining(self) -> float:
-        """Rough tokens still to come: the rest of the source after the copy pointer, within the budget."""
-        left = len(self.source) - self.pointer - 1 if self.pointer >= 0 else len(self.source)
-        return float(max(1, min(left, self.budget - len(self.generated))))
-
-    def build_index(self, max_ngram: int) -> None:
-        """Index every n-gram (n <= max_ngram) of the source by its start positions, in order."""
-        self.max_ngram = max_ngram
-        for n in range(1, max_ngram + 1):
-            for i in range(len(self.source) - n + 1):
-                self.source_index.setdefault(tuple(self.source[i : i + n]), []).append(i)
-
-    def update_history_index(self) -> None:
-        """Add the n-grams of newly generated tokens to the history index."""
-        history = self.generated
-        for end in range(self.indexed + 1, len(history) + 1):
-            for n in range(1, min(self.max_ngram, end) + 1):
-                self.history_index.setdefault(tuple(history[end - n : end]), []).append(end - n)
-        self.indexed = len(history)
+def cached_tree_mask_blocker(model: Any) -> str | None:
+    """`tree_mask_blocker` of ``model``, computed on first use and kept for the model's lifetime."""
+    with _BLOCKERS_LOCK:
+        if model not in _TREE_BLOCKERS:
+            _TREE_BLOCKERS[model] = tree_mask_blocker(model)
+        return _TREE_BLOCKERS[model]
 
 
 class CopyAwareSpeculative(DecodingStrategy):
     """Greedy decoding that drafts from each row's source text (the answer) and verifies in blocks.
 
-    ``max_draft`` bounds the block; the draft length of a row grows while its drafts are accepted
-    and shrinks when they are not. ``block_tokens`` caps the drafts of one forward pass over the
-    whole batch, so large batches verify short drafts (their compute is already well used).
-    ``pass_cost_tokens`` is what one forward pass costs beyond its tokens, in token positions
-    (None: 48 on CPU, 2048 on accelerators); it decides how the prompt pass groups prompts of
-    different lengths and how wide a verification block is worth making (a block is as wide as
-    its longest draft, so on a busy CPU rows that rarely hit do not pad the batch with drafts).
-    Sampling and non-greedy settings, and models it is not exact on, fall back to ``fallback``.
+    ``max_draft`` bounds a draft where passes are cheap; a row's draft length grows while its drafts
+    are accepted and shrinks when they are not. ``block_tokens`` caps the drafts of one pass over
+    the whole batch. ``max_candidates`` is how many continuations a row's draft tree may hold.
+    ``cost_model`` says what a forward pass costs (None: ``"cpu"`` on a CPU, ``"accelerator"``
+    elsewhere): on a CPU every position costs, beyond ``pass_cost_tokens`` per pass (default 48); on
+    an accelerator a pass computes up to ``pass_cost_tokens`` positions (default 2048) for the price
+    of one, so drafts run to the rest of the answer and alternatives ride along. It decides how the
+    prompt pass groups prompts of different lengths, how wide a block is worth making (a block is
+    as wide as its widest row, so on a busy CPU rows that rarely hit do not pad the batch) and how
+    many drafts the prompt pass verifies. ``memory_tokens`` is how much of a model's recent output
+    each model keeps to draft from (`PhraseMemory`: refusals and placeholders a correction writes
+    anew). It is off by default (0): with it, a request's latency depends on what earlier requests of
+    other users produced, a timing side channel on a shared server; 16384 is a good size to opt in.
+    Sampling and non-greedy settings, and models it is not exact on, fall
+    back to ``fallback``.
     """
 
     name = "copy-aware"
@@ -119,13 +117,37 @@ class CopyAwareSpeculative(DecodingStrategy):
         block_tokens: int = 192,
         fallback: DecodingStrategy | None = None,
         pass_cost_tokens: int | None = None,
+        cost_model: CostModel | None = None,
+        max_candidates: int = 8,
+        memory_tokens: int = 0,
     ):
+        if cost_model not in (None, "cpu", "accelerator"):
+            raise ConfigError(f"cost_model={cost_model!r} is not a cost model; use 'cpu', 'accelerator' or None.")
+        if pass_cost_tokens is not None and pass_cost_tokens < 0:
+            raise ConfigError(f"pass_cost_tokens={pass_cost_tokens} is negative; use 0 or more (or None).")
         self.block_tokens = block_tokens
         self.pass_cost_tokens = pass_cost_tokens
-        self.max_draft = max_draft
-        self.min_draft = min(min_draft, max_draft)
-        self.max_ngram = max_ngram
+        self.cost_model = cost_model
+        if memory_tokens < 0:
+            raise ConfigError(f"memory_tokens={memory_tokens} is negative; use 0 (no memory) or more.")
+        self.drafter = Drafter(max_draft, min_draft, max_ngram, max_candidates)
         self.fallback = fallback or HFGenerate()
+        self.memory_tokens = memory_tokens
+        self._memories: weakref.WeakKeyDictionary[Any, PhraseMemory] = weakref.WeakKeyDictionary()
+        self._memories_lock = threading.Lock()
+
+    def memory(self, model: Any) -> PhraseMemory | None:
+        """The `PhraseMemory` of ``model`` (None when ``memory_tokens`` is 0), made on first use."""
+        if self.memory_tokens == 0:
+            return None
+        with self._memories_lock:
+            if model not in self._memories:
+                self._memories[model] = PhraseMemory(self.memory_tokens, self.drafter.max_ngram)
+            return self._memories[model]
+
+    @property
+    def max_draft(self) -> int:
+        return self.drafter.max_draft
 
     def is_exact_for(self, params: GenerationParams) -> bool:
         """True when greedy verification reproduces plain decoding for these settings."""
@@ -158,6 +180,13 @@ class CopyAwareSpeculative(DecodingStrategy):
                 + ", which plain generate applies"
             )
         return cached_model_blocker(model)
+
+    def pass_cost(self, device: torch.device | str) -> PassCost:
+        """The cost model on ``device``: `CPU_COST` or `ACCELERATOR_COST`, with ``pass_cost_tokens`` if set."""
+        kind = self.cost_model or ("cpu" if torch.device(device).type == "cpu" else "accelerator")
+        base = CPU_COST if kind == "cpu" else ACCELERATOR_COST
+        overhead = base.overhead if self.pass_cost_tokens is None else self.pass_cost_tokens
+        return PassCost(overhead, overhead if base.free else 0)
 
     def decode(
         self,
@@ -194,22 +223,21 @@ class CopyAwareSpeculative(DecodingStrategy):
         eos = set(eos_token_ids)
         if sources is None:
             sources = [ids[mask.bool()].tolist() for ids, mask in zip(input_ids, attention_mask, strict=True)]
-        first_draft = min(self.max_draft, max(self.min_draft, 4))
-        rows = [_Row(list(src), limit, draft_len=first_draft) for src, limit in zip(sources, limits, strict=True)]
-        # Masked padding in a block may sit past the last real position: keep its id in range.
-        last_position = int(getattr(model.config, "max_position_embeddings", 0) or 0) - 1
+        memory = self.memory(model)
+        rows = [self.drafter.row(src, limit, memory) for src, limit in zip(sources, limits, strict=True)]
         if streamer is not None:
             streamer.put(input_ids.cpu())
 
         forward_args = forward_parameters(model)
-        cache_arg = "cache" if "cache" in forward_args else "past_key_values"  # renamed in transformers 5.x
-        mask = attention_mask.clone()
-        pass_cost = self._pass_cost(device)
-        cache, pending = self._prefill(model, input_ids, mask, cache_arg, "logits_to_keep" in forward_args, pass_cost)
-        n_real = mask.sum(-1)  # real tokens per row so far (the next position id)
-        for r, row in enumerate(rows):
-            row.passes = 1
-            self._emit(row, [int(pending[r])], eos)
+        run = _Forward(
+            model,
+            "cache" if "cache" in forward_args else "past_key_values",  # renamed in transformers 5.x
+            "logits_to_keep" in forward_args,
+            pad_token_id,
+        )
+        cost = self.pass_cost(device)
+        branches = cached_tree_mask_blocker(model) is None
+        cache, mask, n_real = self._prefill(run, input_ids, attention_mask, rows, cost, eos)
         self._stream(streamer, rows, [row.generated[:] for row in rows])
         live = list(range(len(rows)))  # the rows still in the batch tensors, in tensor order
 
@@ -224,49 +252,23 @@ class CopyAwareSpeculative(DecodingStrategy):
                 live = [live[k] for k in keep]
             if stop_event is not None and stop_event.is_set():
                 break
-            cap = max(1, self.block_tokens // len(live))
-            drafts = [self._draft(rows[r])[:cap] for r in live]
-            # Rows with more left to write weigh more (squared): they decide how many passes the batch takes.
-            width = block_width(
-                [len(d) for d in drafts],
-                [rows[r].acceptance for r in live],
-                pass_cost,
-                [rows[r].remaining() ** 2 for r in live],
-            )
-            drafts = [d[: width - 1] for d in drafts]
-            block = torch.full((len(live), width), pad_token_id, dtype=torch.long, device=device)
-            valid = torch.zeros((len(live), width), dtype=mask.dtype, device=device)
-            for k, r in enumerate(live):
-                tokens = [rows[r].generated[-1], *drafts[k]]
-                block[k, : len(tokens)] = torch.tensor(tokens, device=device)
-                valid[k, : len(tokens)] = 1
-            block_pos = n_real.unsqueeze(1) + torch.arange(width, device=device).unsqueeze(0)
-            if last_position > 0:
-                block_pos = block_pos.clamp(max=last_position)
-            mask = torch.cat([mask, valid], dim=1)
-            logits = model(
-                input_ids=block, attention_mask=mask, position_ids=block_pos, use_cache=True, **{cache_arg: cache}
-            ).logits
-            choices = logits.argmax(-1).tolist()
+            batch = [rows[r] for r in live]
+            cap = max(1, max(self.block_tokens, cost.free) // len(live))
+            trees, width = plan_trees(self.drafter, batch, cost, cap, branches)
+            roots = [[row.generated[-1]] for row in batch]
+            mask, choices = run.verify(cache, mask, n_real, roots, trees, width)
             before = [len(row.generated) for row in rows]
-            for k, r in enumerate(live):
-                row = rows[r]
-                draft, predicted = drafts[k], choices[k]
-                accepted = 0
-                while accepted < len(draft) and draft[accepted] == predicted[accepted]:
-                    accepted += 1
-                row.passes += 1
-                row.drafted += len(draft)
-                row.accepted += accepted
-                self._adapt(row, len(draft), accepted)
-                self._emit(row, [*draft[:accepted], predicted[accepted]], eos)
-                kept = 1 + accepted  # the last token fed plus the accepted drafts stay visible
-                mask[k, mask.shape[1] - width + kept :] = 0
-                n_real[k] += kept
+            for k, row in enumerate(batch):
+                path, token = trees[k].walk(choices[k].__getitem__)
+                self.drafter.accept(row, trees[k], path, token, eos)
+                _keep_path(mask, k, mask.shape[1] - width, [0, *(node + 1 for node in path)])
+                n_real[k] += 1 + len(path)
             self._stream(streamer, rows, [row.generated[b:] for row, b in zip(rows, before, strict=True)])
 
         if streamer is not None:
             streamer.end()
+        for row in rows if memory is not None else ():
+            memory.add(row.generated)
         width = max(len(row.generated) for row in rows)
         tokens = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
         for r, row in enumerate(rows):
@@ -287,108 +289,170 @@ class CopyAwareSpeculative(DecodingStrategy):
         return DecodeResult(tokens=tokens, stats=stats)
 
     def _prefill(
-        self, model: Any, input_ids: torch.Tensor, mask: torch.Tensor, cache_arg: str, last_only: bool, pass_cost: int
-    ) -> tuple[Any, torch.Tensor]:
-        """The prompt pass: a KV cache over the (left-padded) prompts and each row's first token.
+        self, run: _Forward, input_ids: torch.Tensor, mask: torch.Tensor, rows: list[Row], cost: PassCost, eos: set[int]
+    ) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """The prompt pass, which also verifies each row's first draft (the start of its answer).
 
-        Prompts of very different lengths run in separate passes, each trimmed to its own longest
-        prompt, and their caches are joined, padded on the left with masked zeros; so short prompts
-        do not pay for the padding of long ones when that costs more than the extra passes.
+        Returns the KV cache, its attention mask and each row's real-token count. Prompts of very
+        different lengths run in separate passes, each trimmed to its own longest prompt, and their
+        caches are joined, padded on the left with masked zeros; so short prompts do not pay for the
+        padding of long ones when that costs more than the extra passes. Every group appends the
+        same draft block, as wide as the cost model finds worth it beyond the prompts: on an
+        accelerator the whole answer, so an unchanged answer is written in this one pass.
         """
-        # Only the last position's logits are needed (a quarter of the compute on small models).
-        extra = {"logits_to_keep": 1} if last_only else {}
-
-        def run(ids: torch.Tensor, row_mask: torch.Tensor) -> tuple[Any, torch.Tensor]:
-            cache = DynamicCache(config=model.config)
-            out = model(
-                input_ids=ids,
-                attention_mask=row_mask,
-                position_ids=position_ids_from_mask(row_mask),
-                use_cache=True,
-                **extra,
-                **{cache_arg: cache},
-            )
-            return cache, out.logits[:, -1].argmax(-1)
-
         lengths = mask.sum(-1).tolist()
-        groups = length_groups(lengths, pass_cost)
-        if len(groups) == 1 or not _joinable(DynamicCache(config=model.config)):
-            return run(input_ids, mask)
-        caches, firsts = [], []
-        for group in groups:
-            index = torch.tensor(group, device=input_ids.device)
-            width = max(lengths[i] for i in group)
-            cache, first = run(input_ids[index, -width:], mask[index, -width:])
-            caches.append(cache)
-            firsts.append(first)
-        order = torch.tensor([i for group in groups for i in group], device=input_ids.device).argsort()
-        cache = _join_left_padded(caches, input_ids.shape[1])
-        cache.batch_select_indices(order)
-        return cache, torch.cat(firsts)[order]
-
-    def _pass_cost(self, device: torch.device) -> int:
-        if self.pass_cost_tokens is not None:
-            return self.pass_cost_tokens
-        return 48 if device.type == "cpu" else 2048
+        groups = length_groups(lengths, cost.overhead)
+        if len(groups) > 1 and not _joinable(DynamicCache(config=run.model.config)):
+            groups = [list(range(len(rows)))]
+        prompt_positions = sum(len(group) * max(lengths[i] for i in group) for group in groups)
+        cap = max(1, max(self.block_tokens, cost.free) // len(rows))
+        trees, width = plan_trees(self.drafter, rows, cost, cap, branches=False, fixed=prompt_positions)
+        ids, valid, _ = _block(trees, width - 1, run.pad_token_id, input_ids.device, mask.dtype)
+        ids, full = torch.cat([input_ids, ids], dim=1), torch.cat([mask, valid], dim=1)
+        if len(groups) == 1:
+            cache, choices = run.prompt(ids, full, width)
+        else:
+            caches, parts = [], []
+            for group in groups:
+                index = torch.tensor(group, device=input_ids.device)
+                span = max(lengths[i] for i in group) + width - 1
+                cache, choice = run.prompt(ids[index, -span:], full[index, -span:], width)
+                caches.append(cache)
+                parts.append(choice)
+            order = torch.tensor([i for group in groups for i in group], device=input_ids.device).argsort()
+            cache = _join_left_padded(caches, ids.shape[1])
+            cache.batch_select_indices(order)
+            choices = torch.cat(parts)[order]
+        picks = choices.tolist()
+        n_real = mask.sum(-1)
+        for k, row in enumerate(rows):
+            path, token = trees[k].walk(picks[k].__getitem__)
+            self.drafter.accept(row, trees[k], path, token, eos)
+            _keep_path(full, k, mask.shape[1], path)
+            n_real[k] += len(path)
+        return cache, full, n_real
 
     @staticmethod
-    def _emit(row: _Row, tokens: list[int], eos: set[int]) -> None:
-        for token in tokens:
-            if row.done:
-                return
-            row.generated.append(token)
-            if token in eos or len(row.generated) >= row.budget:
-                row.done = True
-
-    @staticmethod
-    def _stream(streamer: Any, rows: list[_Row], new: list[list[int]]) -> None:
+    def _stream(streamer: Any, rows: list[Row], new: list[list[int]]) -> None:
         if streamer is not None and len(rows) == 1 and new[0]:
             streamer.put(torch.tensor(new[0]))
 
-    def _adapt(self, row: _Row, drafted: int, accepted: int) -> None:
-        if drafted == 0:  # nothing verified: drift back towards even odds, so the row drafts again
-            row.acceptance = 0.5 * row.acceptance + 0.4
-            return
-        # A run of ``accepted`` hits ended by a miss suggests p = a / (a + 1); no miss, at least (d + 1) / (d + 2).
-        seen = accepted / (accepted + 1) if accepted < drafted else (drafted + 1) / (drafted + 2)
-        row.acceptance = 0.5 * row.acceptance + 0.5 * seen
-        if accepted == drafted:
-            row.draft_len = min(self.max_draft, row.draft_len + 2)
-        elif accepted < drafted // 2:
-            row.draft_len = max(self.min_draft, row.draft_len // 2)
 
-    def _draft(self, row: _Row) -> list[int]:
-        """Tokens that followed the longest recent n-gram match, preferring the spot after the last copy.
+class _Forward:
+    """The model's forward as copy-aware decoding calls it: prompt passes and verification blocks."""
 
-        The answer is searched first (its n-grams are indexed once), then the row's own output.
+    def __init__(self, model: Any, cache_arg: str, last_only: bool, pad_token_id: int) -> None:
+        self.model = model
+        self.cache_arg = cache_arg
+        self.last_only = last_only  # forward takes logits_to_keep
+        self.pad_token_id = pad_token_id
+        # Masked padding in a block may sit past the last real position: keep its id in range.
+        self.last_position = int(getattr(model.config, "max_position_embeddings", 0) or 0) - 1
+        self.tree_mask = "float" if getattr(model.config, "_attn_implementation", None) == "eager" else "bool"
+
+    def prompt(self, ids: torch.Tensor, mask: torch.Tensor, keep: int) -> tuple[Any, torch.Tensor]:
+        """A fresh KV cache over left-padded ``ids`` and the greedy choices after each of the last ``keep``."""
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=self._clamp(position_ids_from_mask(mask)),
+            use_cache=True,
+            **({"logits_to_keep": keep} if self.last_only else {}),  # a fraction of the compute on small models
+            **{self.cache_arg: cache},
+        )
+        return cache, out.logits[:, -keep:].argmax(-1)
+
+    def verify(
+        self,
+        cache: Any,
+        mask: torch.Tensor,
+        n_real: torch.Tensor,
+        roots: list[list[int]],
+        trees: list[DraftTree],
+        width: int,
+    ) -> tuple[torch.Tensor, list[list[int]]]:
+        """One verification pass of ``[root, tree...]`` per row: the extended mask and the greedy choices.
+
+        Chains need only the 2-D mask; a branching tree gets a 4-D mask in which each node sees the
+        cache and its own ancestors.
         """
-        room = min(row.draft_len, row.budget - len(row.generated) - 1)
-        if room <= 0:
-            return []
-        if row.max_ngram != self.max_ngram:
-            row.build_index(self.max_ngram)
-        row.update_history_index()
-        history = row.generated
-        for n in range(min(self.max_ngram, len(history)), 0, -1):
-            tail = tuple(history[-n:])
-            starts = row.source_index.get(tail)
-            if starts:
-                hint = row.pointer + 1 - n
-                at = bisect.bisect_left(starts, hint)
-                start = starts[at] if at < len(starts) else starts[0]
-                if start + n < len(row.source):
-                    row.pointer = start + n - 1
-                    row.aligned_at = len(history)
-                    return row.source[start + n : start + n + room]
-            earlier = [i for i in row.history_index.get(tail, ()) if i < len(history) - n]
-            if earlier:
-                start = earlier[-1]
-                return history[start + n : start + n + room]
-        if row.pointer >= 0:
-            # No match: guess the correction replaced as many tokens as it wrote, and copy on from there.
-            guess = row.pointer + 1 + len(history) - row.aligned_at
-            return row.source[guess : guess + room]
-        return []
+        ids, valid, offsets = _block(trees, width, self.pad_token_id, mask.device, mask.dtype, roots)
+        positions = self._clamp(n_real.unsqueeze(1) + offsets)
+        past = mask.shape[1]
+        mask = torch.cat([mask, valid], dim=1)
+        attention = mask
+        if not all(tree.is_chain() for tree in trees):
+            attention = self._tree_mask(mask, past, trees, width)
+        logits = self.model(
+            input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True, **{self.cache_arg: cache}
+        ).logits
+        return mask, logits.argmax(-1).tolist()
+
+    def _tree_mask(self, mask: torch.Tensor, past: int, trees: list[DraftTree], width: int) -> torch.Tensor:
+        """(rows, 1, width, past + width): every query sees the visible cache and its ancestors in the block."""
+        rows = mask.shape[0]
+        allowed = torch.zeros((rows, 1, width, past + width), dtype=torch.bool, device=mask.device)
+        allowed[:, 0, :, :past] = mask[:, None, :past].bool()
+        for k, tree in enumerate(trees):
+            allowed[k, 0, :, past:] = _ancestry(tree, width, mask.device)
+        if self.tree_mask == "bool":
+            return allowed
+        dtype = getattr(self.model, "dtype", torch.float32)
+        return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+    def _clamp(self, positions: torch.Tensor) -> torch.Tensor:
+        return positions.clamp(max=self.last_position) if self.last_position > 0 else positions
+
+
+def _block(
+    trees: list[DraftTree],
+    width: int,
+    pad_token_id: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    roots: list[list[int]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token ids, validity and position offsets (depth) of ``[*root, *tree.tokens]`` per row, padded to ``width``."""
+    ids = torch.full((len(trees), width), pad_token_id, dtype=torch.long)
+    valid = torch.zeros((len(trees), width), dtype=dtype)
+    offsets = torch.arange(width).repeat(len(trees), 1)
+    for k, tree in enumerate(trees):
+        root = roots[k] if roots is not None else []
+        tokens = [*root, *tree.tokens]
+        ids[k, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        valid[k, : len(tokens)] = 1
+        offsets[k, len(root) : len(tokens)] = torch.tensor(tree.depths, dtype=torch.long) - 1 + len(root)
+    return ids.to(device), valid.to(device), offsets.to(device)
+
+
+def _ancestry(tree: DraftTree, width: int, device: torch.device) -> torch.Tensor:
+    """(width, width) bool: block position i sees block position j (the root is position 0).
+
+    Each candidate adds its new nodes as one run hanging off an earlier node (`DraftTree.build`), so
+    a run sees what its attachment point sees plus itself, causally.
+    """
+    seen = torch.zeros((width, width), dtype=torch.bool)
+    seen[0, 0] = True
+    start = 0
+    while start < len(tree):
+        end = start + 1
+        while end < len(tree) and tree.parents[end] == end - 1:
+            end += 1
+        run = slice(start + 1, end + 1)
+        seen[run] = seen[tree.parents[start] + 1]
+        seen[run, run] = torch.ones((end - start, end - start), dtype=torch.bool).tril()
+        start = end
+    padding = torch.arange(len(tree) + 1, width)  # the root and itself, so no attention row is empty
+    seen[padding, 0] = seen[padding, padding] = True
+    return seen.to(device)
+
+
+def _keep_path(mask: torch.Tensor, row: int, start: int, positions: list[int]) -> None:
+    """Leave only ``positions`` (offsets from ``start``) of the last block visible in ``row`` of ``mask``."""
+    mask[row, start:] = 0
+    if positions:
+        mask[row, torch.tensor(positions, device=mask.device) + start] = 1
 
 
 def _joinable(cache: Any) -> bool:
@@ -406,26 +470,6 @@ def _join_left_padded(caches: list[Any], length: int) -> Any:
             padded = [torch.nn.functional.pad(t, (0, 0, length - t.shape[-2], 0)) for t in parts]
             setattr(layer, name, torch.cat(padded, dim=0))
     return joined
-
-
-def block_width(drafts: list[int], acceptance: list[float], pass_cost: int, weights: list[float] | None = None) -> int:
-    """The block width (1 + drafts verified per row) that yields the most expected tokens per cost.
-
-    A row with ``d`` drafts and per-token acceptance ``p`` expects ``1 + p + ... + p**d`` tokens
-    (times its weight, if given); a pass of width ``w`` over ``n`` rows costs ``pass_cost + n * w``
-    token positions. Rows with shorter drafts are padded to the width, so one row's long draft
-    costs every row; on a CPU that is often not worth it, on an accelerator it nearly always is.
-    """
-    best, best_rate = 1, 0.0
-    for width in sorted({1, *(1 + d for d in drafts)}):
-        gain = 0.0
-        for d, p, w in zip(drafts, acceptance, weights or [1.0] * len(drafts), strict=True):
-            k = min(d, width - 1)
-            gain += w * (1 + (k if p >= 1 else p * (1 - p**k) / (1 - p)))
-        rate = gain / (pass_cost + len(drafts) * width)
-        if rate > best_rate:
-            best, best_rate = width, rate
-    return best
 
 
 def length_groups(lengths: list[int], pass_cost: int) -> list[list[int]]:
