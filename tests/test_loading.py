@@ -67,7 +67,10 @@ def test_without_config_asks_for_template(tmp_path: Path, tiny_model_dir: Path) 
     assert Aligner.from_pretrained(str(target), template="aligner-revision").template.name == "aligner-revision"
 
 
-def test_missing_path_and_offline_hub_id() -> None:
+def test_missing_path_and_offline_hub_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An empty cache and offline mode: the hub id below is looked up locally only, never fetched.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(ModelNotFoundError, match="No model directory"):
         Aligner.from_pretrained("./does/not/exist")
     with pytest.raises(ModelNotFoundError, match="hf download someone/not-cached"):
