@@ -53,31 +53,12 @@ TINY_FAMILIES: dict[str, dict[str, Any]] = {
 }
 
 
-def build_tiny_llama(
-    path: str | Path,
-    *,
-    template: str | dict[str, Any] | None = "aligner-v2",
-    vocab_size: int = 384,
-    hidden_size: int = 32,
-    num_layers: int = 2,
-    max_position_embeddings: int = 512,
-    pad_token: bool = False,
-    seed: int = 0,
-    texts: Iterable[str] = (),
-) -> Path:
-    """Save a tiny random Llama + tokenizer (+ ``aligner_config.json`` when ``template``) at ``path``."""
-    return build_tiny_model(
-        path,
-        "llama",
-        template=template,
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        num_layers=num_layers,
-        max_position_embeddings=max_position_embeddings,
-        pad_token=pad_token,
-        seed=seed,
-        texts=texts,
-    )
+def build_tiny_llama(path: str | Path, **options: Any) -> Path:
+    """Save a tiny random Llama + tokenizer (+ ``aligner_config.json`` when ``template``) at ``path``.
+
+    The Llama case of `build_tiny_model`, with the same keyword options.
+    """
+    return build_tiny_model(path, "llama", **options)
 
 
 def build_tiny_model(
