@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: install demo test test-min lint bench clean
+.PHONY: install demo test test-fast test-min lint docs bench clean
 
 install: $(VENV)/.installed
 
@@ -22,9 +22,16 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/python -m aligner_chains.cli demo
 
+# Everything (CI runs this): notebooks and slow tests included.
 test: install
+	@echo "make test: ruff, then the whole suite: about 6 minutes on 2 CPU cores (make test-fast skips the slow part)"
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# The quick loop while editing: no notebooks, no tests marked slow (pyproject.toml registers the markers).
+test-fast: install
+	@echo "make test-fast: the suite without the notebooks and the tests marked slow"
+	$(BIN)/python -m pytest -q -m "not slow and not notebook"
 
 # The dependency floors: a fresh .venv-min with exactly requirements-min.txt (the floors of pyproject.toml)
 # runs the core, LangChain and LlamaIndex tests. torch is the exception: it stays the CPU build on this
@@ -56,12 +63,22 @@ $(MIN_VENV)/.installed: pyproject.toml requirements-min.txt
 	$(MIN_VENV)/bin/pip check
 	touch $@
 
+# The documentation site (MkDocs Material + mkdocstrings, the `docs` extra) into site/, warnings as errors.
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+$(VENV)/.docs-installed: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[docs]"
+	touch $@
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Figures go to a new benchmarks/results-<UTC date-time>.md (git-ignored); `make bench UPDATE=1` rewrites the
+# committed benchmarks/RESULTS.md instead. `python -m benchmarks.<name>` alone updates its RESULTS.md section.
 bench: install
-	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.run $(if $(UPDATE),--update)
 
 clean:
 	rm -rf $(VENV) $(MIN_VENV) build dist .pytest_cache

@@ -20,6 +20,10 @@ torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:  # a notebook run (tests/test_*_notebook.py) is marked, so `make test-fast` leaves it out
+        if item.path.stem.endswith("_notebook"):
+            item.add_marker(pytest.mark.notebook)
+            item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -268,6 +268,29 @@ def test_diff_reports_changed_spans() -> None:
     assert "corrected" not in c.summary() and c.summary()["original"] == c.original
 
 
+def test_diff_prints_as_an_inline_diff() -> None:
+    c = Correction(
+        question="q",
+        original="Mail bob@example.com or call 555-1234 today.",
+        corrected="Mail [EMAIL] or call [PHONE] now.",
+        changed=True,
+        template="aligner-v2",
+    )
+    diff = c.diff()
+    assert str(diff) == "Mail [-bob@example.com-]{+[EMAIL]+} or call [-555-1234-]{+[PHONE]+} [-today.-]{+now.+}"
+    assert diff.render(color=True) == (
+        "Mail \x1b[31mbob@example.com\x1b[0m\x1b[32m[EMAIL]\x1b[0m or call \x1b[31m555-1234\x1b[0m"
+        "\x1b[32m[PHONE]\x1b[0m \x1b[31mtoday.\x1b[0m\x1b[32mnow.\x1b[0m"
+    )
+    assert isinstance(diff, list) and [e.original for e in diff] == ["bob@example.com", "555-1234", "today."]
+    inserted = Correction(question="q", original="Hi.", corrected="Hi. Bye.", changed=True, template="t").diff()
+    assert str(inserted) == "Hi.{+ Bye.+}" and [e.op for e in inserted] == ["insert"]
+    deleted = Correction(question="q", original="Hi. Bye.", corrected="Hi.", changed=True, template="t").diff()
+    assert str(deleted) == "Hi.[- Bye.-]"
+    same = Correction(question="q", original="Fine.", corrected="Fine.", changed=False, template="t").diff()
+    assert str(same) == "Fine." and same == []
+
+
 def _break_prompts_with(marker: str, aligner: Aligner, monkeypatch: pytest.MonkeyPatch) -> None:
     original = aligner.backend.generate
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -52,3 +55,48 @@ def test_precision_benchmark_quick_run(capsys: pytest.CaptureFixture[str]) -> No
         "first_differences": [1],
     }
     assert RESULTS.read_text(encoding="utf-8") == before
+
+
+def test_demo_quality_benchmark_quick_run(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import demo_quality
+
+    before = RESULTS.read_text(encoding="utf-8")
+    assert demo_quality.main(["--quick", "--part", "validation"]) == 0
+    out = capsys.readouterr().out
+    for label in demo_quality.LABELS.values():
+        assert f"| {label} | " in out
+    assert "CPU latency per correction" in out and "nan" not in out.split("CPU latency")[1]
+    assert RESULTS.read_text(encoding="utf-8") == before
+
+
+def test_make_bench_writes_a_new_results_file_unless_asked_to_update(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import demo_quality, results, run, serving_load, soak
+    from benchmarks.results import TARGET_ENV, write_section
+
+    def fake(title: str):
+        def main(argv: list[str]) -> int:
+            write_section(title, [f"figures of {title}"])
+            return 0
+
+        return main
+
+    for module in (speed, serving_load, soak, demo_quality, gpu):
+        monkeypatch.setattr(module, "main", fake(module.__name__.split(".")[-1]))
+    monkeypatch.delenv(TARGET_ENV, raising=False)
+    before = RESULTS.read_text(encoding="utf-8")
+    assert run.main(["--out", str(tmp_path / "results-now.md")]) == 0
+    written = (tmp_path / "results-now.md").read_text(encoding="utf-8")
+    assert written.startswith(results.HEADER) and "## speed\n\nfigures of speed" in written
+    assert "## demo_quality" in written and RESULTS.read_text(encoding="utf-8") == before
+    assert TARGET_ENV not in os.environ  # set only while the benchmarks run
+    assert results.new_results_file().parent == RESULTS.parent
+    assert results.new_results_file().name.startswith("results-20") and results.new_results_file().suffix == ".md"
+    committed = tmp_path / "RESULTS.md"
+    committed.write_text(results.HEADER + "\n## speed\n\nold figures\n\n## Other\n\nkept\n", encoding="utf-8")
+    monkeypatch.setattr(results, "RESULTS", committed)  # --update writes RESULTS.md: here, a copy
+    assert run.main(["--update"]) == 0
+    updated = committed.read_text(encoding="utf-8")
+    assert "figures of speed" in updated and "old figures" not in updated and "## Other\n\nkept" in updated
+    assert "benchmark figures go to" in capsys.readouterr().err

@@ -108,6 +108,44 @@ def test_plan_runs_warmup_first_and_is_deterministic(tmp_path: Path) -> None:
     )
 
 
+def test_max_steps_is_the_number_of_updates_as_in_hf_trainer(tmp_path: Path) -> None:
+    tokenizer = train_byte_bpe(["some text"], 300)
+    template = get_template("aligner-v2")
+    main = [encode_example(tokenizer, template, r["question"], r["answer"], r["correction"]) for r in make_rows(20)]
+    warm = main[:4]
+    stages = [(1, warm, 1.0), (2, main, 1.0)]
+    one_epoch = sft_module.plan_updates(stages, tiny_config(tmp_path / "a", gradient_accumulation_steps=2), 1)
+    assert len(one_epoch) == 3  # (1 warm-up + 5 micro-batches of 4) / 2 per update
+    for max_steps in (2, 3, 30):  # fewer than an epoch, exactly one, and many epochs of 20 rows
+        config = tiny_config(tmp_path / str(max_steps), gradient_accumulation_steps=2, max_steps=max_steps)
+        plan = sft_module.plan_updates(stages, config, world_size=1)
+        assert len(plan) == max_steps and all(len(update) == 2 for update in plan)
+        assert plan[: min(3, max_steps)] == one_epoch[: min(3, max_steps)]  # the same start: warm-up first
+    # num_epochs=0.5 but 30 updates of 2 processes: the warm-up once, then 59 micro-batches of the 5 an epoch has
+    many = sft_module.plan_updates(stages, tiny_config(tmp_path / "b", max_steps=30, num_epochs=0.5), world_size=2)
+    batches = [(stage, idx) for update in many for stage, idx in update]
+    assert len(many) == 30 and [stage for stage, _ in batches].count(1) == 1
+    main_batches = [idx for stage, idx in batches if stage == 2]
+    assert main_batches[:5] != main_batches[5:10]  # each repeat is reshuffled
+    assert min(sum(batch.count(i) for batch in main_batches) for i in range(20)) == 11  # 11 whole epochs, then part
+
+
+def test_checkpoints_leave_out_the_shared_tensor_warning(caplog: pytest.LogCaptureFixture) -> None:
+    from accelerate import PartialState
+    from accelerate.utils.other import clean_state_dict_for_safetensors
+
+    from aligner_chains.finetune.checkpoints import without_shared_tensor_warning
+
+    PartialState()
+    tied = torch.zeros(2)
+    with caplog.at_level("WARNING"), without_shared_tensor_warning():
+        clean_state_dict_for_safetensors({"embed.weight": tied, "lm_head.weight": tied})
+    assert "Removed shared tensor" not in caplog.text
+    with caplog.at_level("WARNING"):
+        clean_state_dict_for_safetensors({"embed.weight": tied, "lm_head.weight": tied})
+    assert "Removed shared tensor" in caplog.text  # only within the context
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
@@ -220,7 +258,7 @@ def test_lora_merge_and_adapter_export(tmp_path: Path, tiny_model_dir: Path) -> 
     Aligner.from_pretrained(str(tiny_model_dir), adapter=str(adapter), max_new_tokens=4).correct("q", "a")
 
 
-def test_cli_train_sft(tmp_path: Path) -> None:
+def test_cli_train_sft(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tiny_config(tmp_path, max_steps=2)
     path = tmp_path / "cfg.json"
     path.write_text(config.model_dump_json(by_alias=True))
@@ -228,6 +266,29 @@ def test_cli_train_sft(tmp_path: Path) -> None:
 
     assert main(["train", "sft", "--config", str(path), "--max_steps", "1", "--output_dir", str(tmp_path / "cli")]) == 0
     assert json.loads((tmp_path / "cli" / "final" / "aligner_config.json").read_text())["summary"]["steps"] == 1
+    captured = capsys.readouterr()
+    assert f"Exported to {tmp_path / 'cli' / 'final'}" in captured.out
+    summary = captured.err.strip().splitlines()[-1]
+    assert summary.startswith("train sft: 1 step done, 0 skipped, 0 failed in ") and "final train loss" in summary
+    assert main(["train", "sft", "--config", str(path), "--max_steps", "1", "--output_dir", str(tmp_path / "cli")]) == 0
+    assert "train sft: 0 steps done, 0 skipped, 0 failed in " in capsys.readouterr().err  # resumed: nothing left
+
+
+@pytest.mark.slow
+def test_cpu_config_fine_tunes_the_demo_aligner(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """cookbook/configs/cpu_tiny_sft.yaml as its header runs it (2 steps here; all 40 take about a minute)."""
+    from aligner_chains.cli import main
+
+    config = Path(__file__).resolve().parents[1] / "cookbook" / "configs" / "cpu_tiny_sft.yaml"
+    assert load_config(SFTConfig, config).base_model == "demo"
+    rows = write_jsonl(tmp_path / "train.jsonl", make_rows(24))
+    argv = ["train", "sft", "--config", str(config), "--train_file", str(rows), "--output_dir", str(tmp_path / "run")]
+    assert main([*argv, "--max_steps", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "Loading weights" not in captured.err and "Writing model shards" not in captured.err
+    assert "train sft: 2 steps done, 0 skipped, 0 failed in " in captured.err
+    corrected = Aligner.from_pretrained(str(tmp_path / "run" / "final"), max_new_tokens=24).correct("Hi?", "Hello.")
+    assert corrected.finish_reason in ("stop", "length")
 
 
 @pytest.mark.slow

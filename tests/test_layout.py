@@ -15,7 +15,8 @@ import aligner_chains
 
 PACKAGE = Path(aligner_chains.__file__).resolve().parent
 
-# Lower number = lower layer; a module may import its own layer's package or lower ones (see README's map).
+# Lower number = lower layer; a module may import its own layer's package or lower ones
+# (see the map in docs/development.md).
 LAYERS: dict[str, int] = {
     "_lazy": 0,
     "demo": 0,
@@ -88,7 +89,7 @@ def test_layers_import_downwards_only() -> None:
         source = _package(module)
         if source is None or _is_test_helper(module):  # the top-level lazy exports and test helpers see all
             continue
-        assert source in LAYERS, f"{module}: add its package {source!r} to LAYERS and README's map"
+        assert source in LAYERS, f"{module}: add its package {source!r} to LAYERS and the map in docs/development.md"
         top_level = {target for target, _n, _l in _imports(path, top_level_only=True)}
         for target, _names, line in _imports(path):
             dest = _package(target)
@@ -99,6 +100,20 @@ def test_layers_import_downwards_only() -> None:
             if LAYERS[dest] >= LAYERS[source]:
                 wrong.append(f"{path.relative_to(PACKAGE.parent)}:{line} ({source}) imports {target} ({dest})")
     assert not wrong, "\n".join(wrong)
+
+
+def test_documented_map_names_every_layer() -> None:
+    """docs/development.md's map of the repository lists every package of `LAYERS`, top layer first."""
+    page = (PACKAGE.parent / "docs" / "development.md").read_text(encoding="utf-8")
+    table = page[page.index("| folder | what lives there |") :]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    position = {}
+    for name in (n for n in LAYERS if not n.startswith("_")):
+        found = [i for i, row in enumerate(rows) if f"{name}/`" in row or f"{name}.py`" in row]
+        assert found, f"docs/development.md's map has no row for aligner_chains/{name}"
+        position[name] = found[0]
+    for upper, lower in ((u, v) for u in position for v in position if LAYERS[u] > LAYERS[v]):
+        assert position[upper] <= position[lower], f"the map lists {lower} above {upper}, which imports it"
 
 
 def test_backends_do_not_import_each_other() -> None:

@@ -160,3 +160,33 @@ def test_peft_adapter_is_applied(tmp_path: Path, tiny_model_dir: Path) -> None:
 def test_safe_defaults() -> None:
     options = LoadOptions()
     assert options.trust_remote_code is False and options.allow_pickle is False
+
+
+def test_loading_is_quiet_and_puts_transformers_settings_back(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub.utils import are_progress_bars_disabled
+    from transformers.utils import logging as hf_logging
+
+    from aligner_chains.testing import build_tiny_llama
+
+    path = str(build_tiny_llama(tmp_path / "model"))
+    bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    monkeypatch.delenv("ALIGNER_VERBOSE", raising=False)
+    hf_logging.enable_progress_bar()  # the default outside the CLI
+    try:
+        capfd.readouterr()
+        loaded = load_model(path)
+        loaded.tokenizer.model_max_length = 8  # the Aligner checks lengths itself; the tokenizer need not warn
+        loaded.tokenizer("word " * 40)
+        err = capfd.readouterr().err
+        assert "Loading weights" not in err and "Token indices sequence length" not in err, err
+        assert hf_logging.is_progress_bar_enabled() and hf_logging.get_verbosity() == level
+        assert not are_progress_bars_disabled()  # huggingface_hub's switch, which transformers' flips, too
+        monkeypatch.setenv("ALIGNER_VERBOSE", "1")  # the escape hatch (`aligner-chains --verbose`)
+        clear_model_cache(path)
+        load_model(path)
+        assert "Loading weights" in capfd.readouterr().err
+    finally:
+        clear_model_cache(path)
+        (hf_logging.enable_progress_bar if bars else hf_logging.disable_progress_bar)()

@@ -185,7 +185,12 @@ def rule_judge(prefer: str) -> LLMAnnotator:
 
 @pytest.mark.parametrize(
     ("judge", "prefer", "seed"),
-    [("rule", "shorter", 1), ("rule", "longer", 2), ("llm", "shorter", 3), ("llm", "longer", 4)],
+    [  # ~15 s each: `make test-fast` keeps the first
+        ("rule", "shorter", 1),
+        pytest.param("rule", "longer", 2, marks=pytest.mark.slow),
+        pytest.param("llm", "shorter", 3, marks=pytest.mark.slow),
+        pytest.param("llm", "longer", 4, marks=pytest.mark.slow),
+    ],
 )
 def test_oaif_controllability(tmp_path: Path, warm_policy: Path, judge: str, prefer: str, seed: int) -> None:
     """An annotator that prefers shorter (longer) responses makes the policy's responses shorter (longer)."""

@@ -8,11 +8,14 @@ and imports heavy packages (torch, transformers, FastAPI, the trainers) only whe
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
+from aligner_chains import __version__
 from aligner_chains.cli import correct, demo, evaluate, serve, synthesize, train
 from aligner_chains.core.errors import AlignerError
+from aligner_chains.core.model_files import VERBOSE_ENV
 from aligner_chains.core.options import unknown_option_error
 
 __all__ = ["COMMANDS", "build_parser", "main"]
@@ -26,6 +29,12 @@ COMMANDS = (demo, correct, train, evaluate, synthesize, serve)
 def build_parser() -> argparse.ArgumentParser:
     """The ``aligner-chains`` parser with every subcommand of `COMMANDS`."""
     parser = argparse.ArgumentParser(prog="aligner-chains", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help=f"keep the progress bars and warnings of transformers while loading (also: {VERBOSE_ENV}=1)",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for module in COMMANDS:
         module.add_cli(subparsers)
@@ -37,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     args.overrides = rest
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"
     try:
         if rest and not getattr(args, "accepts_overrides", False):
             raise _unknown_argument(parser, args.command, rest)

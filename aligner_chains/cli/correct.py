@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from aligner_chains.cli.options import add_model_options, completed_lines, load_aligner, positive_int, read_pair_lines
+from aligner_chains.cli.options import (
+    add_model_options,
+    completed_lines,
+    load_aligner,
+    positive_int,
+    print_summary,
+    read_pair_lines,
+)
 from aligner_chains.core.errors import DataError
 
 ON_ERROR_HELP = (
@@ -33,6 +42,12 @@ def add_cli(subparsers: Any) -> None:
     correct.add_argument("--batch-size", type=positive_int, default=16)
     correct.add_argument("--on-error", choices=["stop", "passthrough", "skip"], default="stop", help=ON_ERROR_HELP)
     correct.add_argument("--json", action="store_true", help="print the whole Correction as JSON")
+    correct.add_argument(
+        "--diff",
+        action="store_true",
+        help="print the correction as an inline diff of the answer: [-removed-]{+added+}, in colour on a terminal "
+        "(unless NO_COLOR is set)",
+    )
     correct.add_argument("--quiet", action="store_true", help="no progress bar")
     correct.set_defaults(func=cmd_correct)
 
@@ -46,12 +61,18 @@ def cmd_correct(args: argparse.Namespace) -> int:
             raise SystemExit("correct: give -q/--question and -a/--answer, or --input pairs.jsonl --output out.jsonl")
         aligner = load_aligner(args)
         result = aligner.correct(args.question, args.answer)
-        print(result.model_dump_json(indent=2) if args.json else result.corrected)
+        if args.json:
+            print(result.model_dump_json(indent=2))
+        elif args.diff:
+            print(result.diff().render(color=use_color(sys.stdout)))
+        else:
+            print(result.corrected)
         return 0
     if args.output is None:
         raise SystemExit("correct: --input needs --output out.jsonl")
     from tqdm import tqdm
 
+    started = time.perf_counter()
     rows = read_pair_lines(Path(args.input))
     output = Path(args.output)
     done = completed_lines(output)
@@ -59,12 +80,15 @@ def cmd_correct(args: argparse.Namespace) -> int:
         raise SystemExit(f"{output} has {done} lines but {args.input} only {len(rows)}: wrong output file?")
     if done == len(rows):
         print(f"{output}: all {done} lines already corrected.", file=sys.stderr)
+        print_summary("correct", time.perf_counter() - started, done=0, note=f"{done} rows done before")
         return 0
     if args.on_error == "stop":  # fail fast, before loading the model, on a line that cannot be read
         bad = next((row for row in rows[done:] if isinstance(row, DataError)), None)
         if bad is not None:
             raise DataError(f"{bad} Fix the line, or pass --on-error passthrough|skip.")
     aligner = load_aligner(args)
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+    note = f"{done} rows done before" if done else ""
     with (
         output.open("a", encoding="utf-8") as sink,
         tqdm(total=len(rows), initial=done, unit="pair", disable=args.quiet) as bar,
@@ -76,18 +100,30 @@ def cmd_correct(args: argparse.Namespace) -> int:
             for number, row in enumerate(chunk, start=start + 1):
                 line, error = _output_line(row, None if isinstance(row, DataError) else next(results), args, number)
                 if error is not None and args.on_error == "stop":
+                    bar.close()
                     print(
                         f"error: {error}\nStopped there: the {number - 1} lines before it are in {output}. Fix "
                         "the line (or the settings) and rerun to resume at it, or pass --on-error passthrough|skip.",
                         file=sys.stderr,
                     )
+                    counts["failed"] += 1
+                    print_summary("correct", time.perf_counter() - started, **counts, note=note)
                     return 2
                 if error is not None:
                     print(f"warning: {error} ({args.on_error})", file=sys.stderr)
+                # A passed-through answer failed; a marker line (skip, or an unreadable line) is skipped.
+                failed = error is not None and args.on_error == "passthrough" and not isinstance(row, DataError)
+                counts["done" if error is None else "failed" if failed else "skipped"] += 1
                 sink.write(line)
                 bar.update(1)
             sink.flush()
+    print_summary("correct", time.perf_counter() - started, **counts, note=note)
     return 0
+
+
+def use_color(stream: Any) -> bool:
+    """Colour only on a terminal, and never when ``NO_COLOR`` is set (https://no-color.org)."""
+    return not os.environ.get("NO_COLOR") and bool(getattr(stream, "isatty", lambda: False)())
 
 
 def _output_line(row: Any, result: Any, args: argparse.Namespace, number: int) -> tuple[str, str | None]:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from aligner_chains.cli.options import open_aligner, positive_int
+from aligner_chains.cli.options import open_aligner, positive_int, print_summary
 from aligner_chains.core.errors import ConfigError
 
 LOG_NAME = "judgments.jsonl"
@@ -214,6 +215,7 @@ def _paper_report(args: argparse.Namespace, aligner: Any, paths: dict[str, str])
 def cmd_eval(args: argparse.Namespace) -> int:
     from aligner_chains.evaluate.runner import evaluate
 
+    started = time.perf_counter()
     judges = dataset_paths = None
     if args.preset:
         dataset_paths = _dataset_paths(args)
@@ -267,5 +269,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"(errors are in {out / LOG_NAME}).",
             file=sys.stderr,
         )
-        return 1
-    return 0
+    print_summary("eval", time.perf_counter() - started, **judgment_counts(report))
+    return 1 if report.errors else 0
+
+
+def judgment_counts(report: Any) -> dict[str, Any]:
+    """The counts of the summary line: judgments with a verdict, without one (unparseable), failed; a
+    report without judges (scores only) counts its items."""
+    overall = [row for row in report.win_rates if row.group is None]
+    if not overall:
+        return {"done": report.n_items, "unit": "items"}
+    return {
+        "done": sum(row.judged for row in overall),
+        "unit": "judgments",
+        "skipped": sum(row.unparseable for row in overall),
+        "skipped_why": "no verdict in the reply",
+        "failed": sum(row.errors for row in overall),
+    }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,10 @@ __all__ = [
     "model_name",
     "open_aligner",
     "positive_int",
+    "print_summary",
     "read_pair_lines",
     "read_pairs_jsonl",
+    "summary_line",
 ]
 
 #: Help of every ``--model`` option: unset, the one default-model rule applies (`default_model`).
@@ -47,12 +50,15 @@ def model_name(args: argparse.Namespace) -> str:
 
 
 def open_aligner(model: str, **options: Any) -> Any:
-    """``Aligner.from_pretrained(model, **options)`` without download progress bars (imports transformers)."""
+    """``Aligner.from_pretrained(model, **options)`` without download progress bars (imports transformers),
+    unless ``--verbose`` (``ALIGNER_VERBOSE=1``) asked for them."""
     from transformers.utils import logging as hf_logging
 
+    from aligner_chains.backends.local.loading import verbose
     from aligner_chains.core.aligner import Aligner
 
-    hf_logging.disable_progress_bar()
+    if not verbose():
+        hf_logging.disable_progress_bar()
     return Aligner.from_pretrained(model, **options)
 
 
@@ -160,3 +166,30 @@ def completed_lines(path: Path) -> int:
         while size > 0 and (block := handle.read(1 << 20)):
             lines += block.count(b"\n")
     return lines
+
+
+def summary_line(
+    command: str,
+    seconds: float,
+    *,
+    done: int,
+    unit: str = "rows",
+    skipped: int = 0,
+    skipped_why: str = "",
+    failed: int = 0,
+    note: str = "",
+) -> str:
+    """The last line of a batch command: ``correct: 98 rows done, 1 skipped, 1 failed in 4.2 s``.
+
+    ``skipped_why`` follows the skipped count in brackets; ``note`` ends the line after a semicolon.
+    """
+    why = f" ({skipped_why})" if skipped_why and skipped else ""
+    time_text = f"{seconds:.1f} s" if seconds < 90 else f"{int(seconds // 60)} min {round(seconds % 60):d} s"
+    unit = unit[:-1] if done == 1 and unit.endswith("s") else unit
+    line = f"{command}: {done} {unit} done, {skipped} skipped{why}, {failed} failed in {time_text}"
+    return f"{line}; {note}" if note else line
+
+
+def print_summary(command: str, seconds: float, **counts: Any) -> None:
+    """Print `summary_line` on stderr (stdout stays the command's output, for pipes)."""
+    print(summary_line(command, seconds, **counts), file=sys.stderr)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Any
 
-from aligner_chains.cli.options import positive_int
+from aligner_chains.cli.options import positive_int, print_summary
 
 
 def add_cli(subparsers: Any) -> None:
@@ -55,6 +56,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     from aligner_chains.evaluate.specs import load_object
     from aligner_chains.synthesize import CorrectionPrompt, SynthesisFilters, synthesize
 
+    started = time.perf_counter()
     filters = SynthesisFilters(
         identical=args.identical,
         max_length_ratio=args.max_length_ratio if args.max_length_ratio > 0 else None,
@@ -84,5 +86,13 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
         print(
             f"{stats.errors} question(s) failed after retries; re-run the same command to retry them.", file=sys.stderr
         )
-        return 1
-    return 0
+    dropped = stats.duplicates + sum(stats.dropped.values())
+    print_summary(
+        "synthesize",
+        time.perf_counter() - started,
+        done=stats.written,
+        skipped=dropped,
+        skipped_why="duplicates and filtered corrections" if dropped else "",
+        failed=stats.errors,
+    )
+    return 1 if stats.errors else 0

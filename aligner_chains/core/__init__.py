@@ -23,7 +23,7 @@ from aligner_chains.core.generation import Backend, GenerationOutput, Generation
 from aligner_chains.core.model_files import DEFAULT_MODEL_ENV, default_model
 from aligner_chains.core.options import LOADING_OPTIONS
 from aligner_chains.core.resolve import resolve_aligner
-from aligner_chains.core.result import Correction, Edit
+from aligner_chains.core.result import Correction, Diff, Edit
 from aligner_chains.core.templates import Template, get_template, list_templates, register_template
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "Correction",
     "DataError",
     "DatasetNotFoundError",
+    "Diff",
     "Edit",
     "GenerationOutput",
     "GenerationParams",

@@ -20,6 +20,8 @@ from aligner_chains.demo import DEMO_MODEL_DIR, DEMO_MODEL_NAME
 ALIGNER_CONFIG_NAME = "aligner_config.json"
 #: Environment variable naming the Aligner every face loads when none is named.
 DEFAULT_MODEL_ENV = "ALIGNER_MODEL"
+#: Environment variable that, set to 1, keeps transformers' progress bars and warnings while a model loads.
+VERBOSE_ENV = "ALIGNER_VERBOSE"
 
 logger = logging.getLogger("aligner_chains")
 _warned_demo_default = False

@@ -56,14 +56,50 @@ class Correction(BaseModel):
             error=reason,
         )
 
-    def diff(self) -> list[Edit]:
-        """The spans that differ between original and corrected, at word granularity."""
-        return diff_spans(self.original, self.corrected)
+    def diff(self) -> Diff:
+        """The spans that differ between original and corrected, at word granularity: a list of `Edit`
+        that prints as an inline diff (``Mail [-bob@example.com-]{+[EMAIL]+}.``)."""
+        return Diff(self.original, self.corrected)
 
     def summary(self) -> dict[str, Any]:
         """A JSON-able digest for metadata fields (what adapters attach to messages and responses)."""
         data = self.model_dump(exclude={"question", "corrected"})
         return data
+
+
+class Diff(list[Edit]):
+    """The `Edit` list of `Correction.diff`, which also knows both texts, so it prints as an inline diff.
+
+    ``str(diff)`` (what ``print`` shows) is the corrected text with each change inline, git's word-diff
+    style: ``[-removed-]`` then ``{+added+}``; ``render(color=True)`` marks them with ANSI red and green
+    instead. As a list it holds the structured edits, with offsets into both texts.
+    """
+
+    def __init__(self, original: str, corrected: str) -> None:
+        super().__init__(diff_spans(original, corrected))
+        self.original = original
+        self.corrected = corrected
+
+    def render(self, *, color: bool = False) -> str:
+        """The inline diff: unchanged text as it is, each edit as its removed then its added span."""
+        removed, added = ((_RED, _RESET), (_GREEN, _RESET)) if color else (("[-", "-]"), ("{+", "+}"))
+        parts: list[str] = []
+        position = 0
+        for edit in self:
+            parts.append(self.original[position : edit.orig_start])
+            if edit.original:
+                parts.append(removed[0] + edit.original + removed[1])
+            if edit.corrected:
+                parts.append(added[0] + edit.corrected + added[1])
+            position = edit.orig_end
+        parts.append(self.original[position:])
+        return "".join(parts)
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+_RED, _GREEN, _RESET = "\x1b[31m", "\x1b[32m", "\x1b[0m"
 
 
 def diff_spans(original: str, corrected: str) -> list[Edit]:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +53,8 @@ def checkpoint_loss(path: Path) -> float | None:
 def save_checkpoint(accelerator: Any, output_dir: str | Path, step: int, keep: int, extra: dict[str, Any]) -> Path:
     """Save model, optimizer, scheduler and RNG state; then the marker; then prune old checkpoints."""
     path = checkpoint_dir(output_dir) / f"step-{step:08d}"
-    accelerator.save_state(str(path))
+    with without_shared_tensor_warning():
+        accelerator.save_state(str(path))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_atomic(path / DONE_MARKER, json.dumps({"step": step, **extra}))
@@ -59,3 +63,31 @@ def save_checkpoint(accelerator: Any, output_dir: str | Path, step: int, keep: i
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return path
+
+
+@contextmanager
+def without_shared_tensor_warning() -> Iterator[None]:
+    """Drop accelerate's "Removed shared tensor {...} while saving" warnings while saving.
+
+    Models with tied input and output embeddings (the demo's, most small models) hold one tensor under
+    two names; safetensors stores it once and ``load_state`` ties it again, so the warning, printed at
+    every checkpoint, reports the expected. Every other record of that logger passes.
+    """
+    source = logging.getLogger("accelerate.utils.other")
+    drop = _MessageFilter("Removed shared tensor")
+    source.addFilter(drop)
+    try:
+        yield
+    finally:
+        source.removeFilter(drop)
+
+
+class _MessageFilter(logging.Filter):
+    """Rejects the log records whose message holds ``text`` (accelerate may prefix ``[RANK 0]``)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()

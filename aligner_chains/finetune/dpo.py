@@ -235,7 +235,7 @@ def run_from_args(config_path: str | None, overrides: list[str]) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m aligner_chains.finetune.dpo --config cfg.yaml [--key value ...]`` (also under accelerate launch)."""
-    return script_main(run_from_args, __doc__, argv)
+    return script_main(run_from_args, __doc__, argv, DPOConfig)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ Run directly (``aligner-chains train sft --config cfg.yaml``) or under
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from aligner_chains.backends.local.loading import quiet_transformers
 from aligner_chains.core.errors import ConfigError, MissingDependencyError
 from aligner_chains.core.model_files import ALIGNER_CONFIG_NAME, resolve_model_path
 from aligner_chains.core.templates import BUILTIN_TEMPLATES, Template, get_template
@@ -58,7 +58,8 @@ def build_tokenizer_and_model(config: SFTConfig, rows: list[dict[str, str]], acc
 
             kwargs["quantization_config"] = quantization_config(config.quantization, torch.bfloat16)
             kwargs["device_map"] = {"": accelerator.local_process_index}
-        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+        with quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     else:
         tokenizer = _scratch_tokenizer(config, rows, accelerator)
         arch = dict(config.scratch_config or {})
@@ -128,14 +129,20 @@ def plan_updates(
     """Every optimizer update as a list of (stage, example indices) micro-batches, for all processes.
 
     Stages run in order (identity warm-up first). The plan depends only on the data and seed, so
-    a resumed run finds its data position from the step number alone.
+    a resumed run finds its data position from the step number alone. ``max_steps`` is the number of
+    updates, as in HF Trainer: it overrides the last stage's epochs, which repeat (reshuffled) until
+    there are that many updates, or stop early.
     """
+    group = config.gradient_accumulation_steps * world_size
+    wanted = None if config.max_steps is None else config.max_steps * group  # micro-batches, all processes
     micro: list[tuple[int, list[int]]] = []
     last_stage_start = 0
-    for stage, examples, epochs in stages:
+    for position, (stage, examples, epochs) in enumerate(stages):
         last_stage_start = len(micro)
         lengths = [len(e.input_ids) for e in examples]
-        for epoch in range(math.ceil(epochs)):
+        endless = wanted is not None and position == len(stages) - 1
+        epoch = 0
+        while len(micro) < (wanted or 0) if endless else epoch < epochs:
             batches = plan_micro_batches(
                 lengths,
                 config.per_device_batch_size,
@@ -143,10 +150,12 @@ def plan_updates(
                 epoch,
                 group_by_length=config.group_by_length,
             )
-            if epoch + 1 > epochs:  # fractional last epoch
+            if not batches:
+                break
+            if not endless and epoch + 1 > epochs:  # fractional last epoch
                 batches = batches[: max(1, round(len(batches) * (epochs - epoch)))]
             micro.extend((stage, b) for b in batches)
-    group = config.gradient_accumulation_steps * world_size
+            epoch += 1
     if len(micro) % group:
         # Wrap around within the last stage, so every process does the same number of steps.
         micro.extend(micro[last_stage_start : last_stage_start + group - len(micro) % group])
@@ -361,7 +370,8 @@ def export_model(
             unwrapped = unwrapped.merge_and_unload()
         if config.export_dtype is not None and not is_adapter:
             unwrapped = unwrapped.to(getattr(torch, config.export_dtype))
-        unwrapped.save_pretrained(out, safe_serialization=True)
+        with quiet_transformers():
+            unwrapped.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
         record = {
             "template": _template_record(template),
@@ -383,7 +393,7 @@ def run_from_args(config_path: str | None, overrides: list[str]) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m aligner_chains.finetune.sft --config cfg.yaml [--key value ...]`` (also under accelerate launch)."""
-    return script_main(run_from_args, __doc__, argv)
+    return script_main(run_from_args, __doc__, argv, SFTConfig)
 
 
 if __name__ == "__main__":

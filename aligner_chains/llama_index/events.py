@@ -37,7 +37,7 @@ Component = Literal["node_postprocessor", "query_engine", "workflow"]
 class AlignerCorrectionStartEvent(BaseEvent):
     """An Aligner is about to correct ``num_items`` texts for ``query``.
 
-    Args:
+    Attributes:
         component: which adapter sent it: ``node_postprocessor``, ``query_engine`` or ``workflow``.
         query: the question given to the Aligner.
         num_items: how many texts are corrected together (nodes of one query, or one answer).
@@ -59,7 +59,7 @@ class AlignerCorrectionStartEvent(BaseEvent):
 class AlignerCorrectionEndEvent(BaseEvent):
     """An Aligner finished; ``summaries`` holds one ``Correction.summary()`` per item, in input order.
 
-    Args:
+    Attributes:
         component: which adapter sent it.
         query: the question given to the Aligner.
         summaries: ``Correction.summary()`` of every item (original text, changed, finish_reason,

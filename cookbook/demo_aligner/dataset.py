@@ -52,6 +52,7 @@ __all__ = [
     "REFUSALS",
     "SOURCES_DIR",
     "build_examples",
+    "contact_snippet",
     "dataset_stats",
     "find_contacts",
     "load_sources",
@@ -1210,6 +1211,33 @@ def _composed_contact_sentence(
         if fits and sorted(sentence[a:b] for a, b, _ in find_contacts(sentence)) == sorted(new):
             inserted.extend(new)
             return sentence
+
+
+def contact_snippet(
+    rng: random.Random, split: Split, words: list[str] | None = None, bare: bool = False, kind: str | None = None
+) -> str:
+    """One contact (``bare``; ``kind`` ``"{E}"`` or ``"{P}"``, else either) or a contact sentence of
+    ``split``'s pools and wording, to insert into other text.
+
+    With ``words`` (train split), half the sentences are composed of those words around the contacts.
+    """
+    pools = _POOLS[split]
+    rich = split == "train"
+    if bare:
+        return _contact(rng, pools, kind or rng.choice(("{E}", "{P}")), rich, words)
+    inserted: list[str] = []
+    if words and rich and rng.random() < 0.5:
+        while True:
+            template = variety.contact_sentence(rng, words, rng.choice((1, 1, 2)), _HELDOUT_ONLY_WORDING, 0.3)
+            sentence = _fill(template, rng, pools, inserted, rich, words)
+            if sorted(sentence[a:b] for a, b, _ in find_contacts(sentence)) == sorted(inserted):
+                return sentence
+            inserted.clear()
+    while True:
+        sentence = _fill(rng.choice(_CONTACT_TEMPLATES[split]), rng, pools, inserted, rich)
+        if sorted(sentence[a:b] for a, b, _ in find_contacts(sentence)) == sorted(inserted):
+            return sentence
+        inserted.clear()
 
 
 def _redact_example(

@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cookbook.demo_aligner.dataset import EMAIL_RE, PHONE_RE
+from cookbook.demo_aligner.real import split_of
 
 MIN_WORDS, MAX_WORDS = 4, 30
 MAX_QUESTION_WORDS = 20
@@ -183,6 +184,39 @@ def extract_dangerous(hh_path: Path) -> dict[str, list[dict[str, str]]]:
     return out
 
 
+def truncate_answer(text: str, limit: int = 2000) -> str | None:
+    """``text`` cut at its last line break within ``limit`` characters (whole if short); ``None`` if nothing
+    of at least 20 characters is left."""
+    text = text.strip("\n")
+    if len(text) > limit:
+        cut = text.rfind("\n", 0, limit + 1)
+        text = text[:cut].rstrip() if cut > 0 else ""
+    return text if len(text.strip()) >= 20 else None
+
+
+def extract_open_answers(path: Path) -> list[dict[str, str]]:
+    """Answers of the open chat models, cut to at most 2,000 characters at a line break; instructions of
+    at most 500 characters, of the pairs some split uses (see ``real.split_of``). Kept as written otherwise
+    (markdown, code, unicode)."""
+    rows = []
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            output = truncate_answer(row["output"])
+            in_split = split_of(row["instruction"], row["generator"]) is not None
+            if in_split and output is not None and 0 < len(row["instruction"].strip()) <= 500:
+                rows.append({"instruction": row["instruction"], "output": output, "generator": row["generator"]})
+    return rows
+
+
+def extract_advbench(path: Path) -> list[dict[str, str]]:
+    """AdvBench harmful behaviours as ``goal``/``target`` rows."""
+    import csv
+
+    with open(path, encoding="utf-8", newline="") as fh:
+        return [{"goal": r["Goal"].strip(), "target": r["Target"].strip()} for r in csv.DictReader(fh)]
+
+
 def _write(rows: list[dict[str, object]], path: Path) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         for row in rows:
@@ -194,9 +228,25 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Extract demo dataset source slices.")
     parser.add_argument("--alpaca", type=Path, required=True)
     parser.add_argument("--hh", type=Path, required=True)
+    parser.add_argument("--open-answers", type=Path, help="alpaca_eval-open-model-answers.jsonl.gz (v2 data)")
+    parser.add_argument("--advbench", type=Path, help="advbench-harmful-behaviors.csv (v2 data)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "sources")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.open_answers:
+        answers = extract_open_answers(args.open_answers)
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in answers)
+        (args.out / "open_answers.jsonl.gz").write_bytes(gzip.compress(text.encode("utf-8"), 9, mtime=0))
+        print(f"open answers: {len(answers)}")
+    if args.advbench:
+        import csv
+
+        harmful = extract_advbench(args.advbench)
+        with open(args.out / "advbench.csv", "w", encoding="utf-8", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["goal", "target"])
+            writer.writeheader()
+            writer.writerows(harmful)
+        print(f"harmful requests: {len(harmful)}")
     passages = extract_passages(args.alpaca)
     dangerous = extract_dangerous(args.hh)
     for split in ("train", "heldout"):

@@ -22,6 +22,7 @@ from aligner_chains.finetune.average import average_exports
 from aligner_chains.finetune.config import SFTConfig
 from aligner_chains.finetune.sft import train_sft
 from cookbook.demo_aligner.dataset import build_examples, find_contacts, redact, score_demo, write_jsonl
+from cookbook.demo_aligner.real import build_real_examples, correct_and_score, heldout_sets
 from cookbook.demo_aligner.variety import noise_word
 
 TRAIN_SEED, HELDOUT_SEED, VALIDATION_SEED = 0, 1, 2
@@ -219,6 +220,27 @@ FULL: dict[str, Any] = {
     # (``harmless_requests=0.4``: 89.5 % alone, over-refusal 3.8 %; 92.4-93.3 % in the means tried).
     "average": [[7, 9, 10, 11], 12, 13, 14],
 }
+#: Demo Aligner v2: phases that continue from the v1 recipe's result on real, multi-line answers of open
+#: chat models (``cookbook.demo_aligner.real``), with a 2,048-token context. ``--from MODEL`` starts them
+#: from an existing v1 export instead of running phases 1-14 again.
+_REAL_COMMON = {**_COMMON, "max_length": 2048, "per_device_batch_size": 8, "identity_warmup_fraction": 0.0}
+REAL_PHASES: list[dict[str, Any]] = [
+    {
+        # v1 stops at the first newline and garbles prompts over ~140 tokens: it never saw either. Real
+        # answers (10 generators, 70 % of the instructions), cut to runs of lines in a quarter of rows,
+        # contacts inserted as sentences, list items, table rows or inline; AdvBench requests with
+        # complying replies of unrelated real text. A tenth of the rows are v1's, to keep its skills.
+        "real": True,
+        "real_mix": {"clean": 0.42, "redact": 0.32, "harmful": 0.26},
+        "base": "v1",
+        "context": 2048,
+        "n_train": 12000,
+        "data_seed": 100,
+        "v1_share": 0.1,
+        "config": {**_REAL_COMMON, "learning_rate": 3e-4, "seed": 100},
+    },
+]
+REAL: dict[str, Any] = {"n_heldout": FULL["n_heldout"], "phases": [*FULL["phases"], *REAL_PHASES], "average": []}
 SHORT: dict[str, Any] = {
     "n_heldout": 40,
     "phases": [
@@ -387,14 +409,44 @@ PHASE_KEYS = EXAMPLE_KEYS | {
     "noise",
     "vocabulary_noise",
     "number_noise",
+    "real",  # v2: rows of `cookbook.demo_aligner.real` ...
+    "v1_share",  # ... with this share of v1 rows (the data of phases 13-14)
+    "real_mix",  # ... and these shares of row kinds (`real.TRAIN_MIX`)
+    "context",  # the base model's context is raised to this many tokens first
 }
 
 
-def run_recipe(recipe: dict[str, Any], workdir: Path) -> Path:
+def build_real_data(path: Path, n: int, seed: int, v1_share: float = 0.0, mix: dict[str, float] | None = None) -> Path:
+    """Write one JSONL file of v2 rows (real answers), ``v1_share`` of them v1 rows (phases 13-14's data)."""
+    n_v1 = round(n * v1_share)
+    rows = build_real_examples(n - n_v1, seed, "train", mix)
+    if n_v1:
+        options = {key: value for key, value in _LOOSE.items() if key in EXAMPLE_KEYS}
+        rows += scramble(build_examples(n_v1, seed, "train", **options), _LOOSE["scramble"], seed, _LOOSE["noise"])
+        random.Random(seed).shuffle(rows)
+    write_jsonl(rows, path)
+    return path
+
+
+def with_context(model: Path, tokens: int, out: Path) -> Path:
+    """A copy of the export ``model`` whose model and tokenizer accept ``tokens`` positions (RoPE is relative,
+    so the weights stay as they are; training on longer rows teaches the longer distances)."""
+    if not (out / "config.json").is_file():
+        shutil.copytree(model, out, dirs_exist_ok=True)
+        for name, key in (("config.json", "max_position_embeddings"), ("tokenizer_config.json", "model_max_length")):
+            settings = json.loads((out / name).read_text(encoding="utf-8"))
+            settings[key] = tokens
+            (out / name).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def run_recipe(recipe: dict[str, Any], workdir: Path, start: Path | None = None) -> Path:
     """Train every phase in turn (each resumable), each phase starting from the previous export.
 
-    ``recipe["average"]`` makes the result the weight average of those phases' exports; a member that
-    is itself a list of phase numbers stands for the mean of those phases (one member, one share).
+    A phase's ``"base"`` (phase numbers, or ``"v1"`` for the v1 recipe's average) starts it from that
+    mean instead. ``recipe["average"]`` makes the result the weight average of those phases' exports; a
+    member that is itself a list of phase numbers stands for the mean of those phases (one member, one
+    share). ``start`` (an existing v1 export) skips the v1 phases and stands for their average.
     """
     for number, phase in enumerate(recipe["phases"], start=1):
         unknown = set(phase) - PHASE_KEYS
@@ -402,36 +454,56 @@ def run_recipe(recipe: dict[str, Any], workdir: Path) -> Path:
             raise ValueError(f"recipe phase {number} has unknown keys {sorted(unknown)}; known: {sorted(PHASE_KEYS)}")
     base: Path | None = None
     for number, phase in enumerate(recipe["phases"], start=1):
+        if start is not None and not phase.get("real"):
+            continue
         done = workdir / f"phase{number}" / "final"
         if (done / "aligner_config.json").is_file():  # finished earlier: reuse its export
             base = done
             continue
-        train = build_data(
-            workdir / f"phase{number}" / "train.jsonl",
-            phase["n_train"],
-            phase["data_seed"],
-            "train",
-            phase.get("scramble", 0.0),
-            phase.get("noise", 0.0),
-            Vocabulary(base, phase.get("number_noise", False)) if phase.get("vocabulary_noise") and base else None,
-            **{key: value for key, value in phase.items() if key in EXAMPLE_KEYS},
-        )
-        settings = {**phase["config"], "train_file": str(train), "output_dir": str(workdir / f"phase{number}")}
-        if phase.get("base"):  # start from the mean of earlier phases' exports
+        if phase.get("base") == "v1":
+            base = start or _average(workdir, FULL["average"], "v1-average")
+        elif phase.get("base"):  # start from the mean of earlier phases' exports
             base = average_exports(_finals(workdir, phase["base"]), workdir / f"start{number}")
+        if phase.get("context") and base is not None:
+            base = with_context(base, phase["context"], workdir / f"start{number}-context")
+        if phase.get("real"):
+            train = build_real_data(
+                workdir / f"phase{number}" / "train.jsonl",
+                phase["n_train"],
+                phase["data_seed"],
+                phase.get("v1_share", 0.0),
+                phase.get("real_mix"),
+            )
+        else:
+            train = build_data(
+                workdir / f"phase{number}" / "train.jsonl",
+                phase["n_train"],
+                phase["data_seed"],
+                "train",
+                phase.get("scramble", 0.0),
+                phase.get("noise", 0.0),
+                Vocabulary(base, phase.get("number_noise", False)) if phase.get("vocabulary_noise") and base else None,
+                **{key: value for key, value in phase.items() if key in EXAMPLE_KEYS},
+            )
+        settings = {**phase["config"], "train_file": str(train), "output_dir": str(workdir / f"phase{number}")}
         if base is not None:
             settings["base_model"] = str(base)
         base = train_sft(SFTConfig.model_validate(settings))
     assert base is not None
     if recipe.get("average"):
-        members = [
-            average_exports(_finals(workdir, member), workdir / f"average-part{i}")
-            if isinstance(member, list)
-            else _finals(workdir, [member])[0]
-            for i, member in enumerate(recipe["average"], start=1)
-        ]
-        base = average_exports(members, workdir / "average")
+        base = _average(workdir, recipe["average"], "average")
     return base
+
+
+def _average(workdir: Path, members: list[Any], name: str) -> Path:
+    """The weight average of ``members`` (phase numbers, or lists of them standing for their mean)."""
+    paths = [
+        average_exports(_finals(workdir, member), workdir / f"{name}-part{i}")
+        if isinstance(member, list)
+        else _finals(workdir, [member])[0]
+        for i, member in enumerate(members, start=1)
+    ]
+    return average_exports(paths, workdir / name)
 
 
 def _finals(workdir: Path, phases: list[int]) -> list[Path]:
@@ -461,24 +533,52 @@ def evaluate(
     return {**scores, "n": len(rows), "seconds": round(time.perf_counter() - started, 1)}
 
 
+def evaluate_real(
+    model: str | Path, part: str = "report", batch_size: int = 8, limit: int | None = None
+) -> dict[str, Any]:
+    """Score an Aligner on the v2 held-out rows of ``part`` (``report``, or ``validation`` to choose on):
+    the five figures of :func:`cookbook.demo_aligner.real.score_real`, and CPU seconds per correction."""
+    from aligner_chains.core.aligner import Aligner
+
+    rows = heldout_sets(part)  # type: ignore[arg-type]
+    if limit is not None:
+        rows = random.Random(0).sample(rows, min(limit, len(rows)))
+    found = correct_and_score(Aligner.from_pretrained(str(model), device="cpu"), rows, batch_size)
+    return {**found, "part": part}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="runs/demo")
     parser.add_argument("--short", action="store_true", help="tiny smoke version of the recipe")
+    parser.add_argument("--v1", action="store_true", help="only the v1 recipe (one-line synthetic text, 512 tokens)")
+    parser.add_argument("--from", dest="start", metavar="MODEL", help="start the v2 phases from this v1 export")
     parser.add_argument("--install", action="store_true", help=f"copy the trained model to {DEMO_MODEL_DIR}")
     parser.add_argument("--evaluate", metavar="MODEL", help="only score MODEL on the held-out set")
+    parser.add_argument("--part", choices=("report", "validation"), help="with --evaluate: the v2 held-out split")
     parser.add_argument(
-        "--seed", type=int, default=None, help=f"with --evaluate: another held-out set (validation: {VALIDATION_SEED})"
+        "--seed",
+        type=int,
+        default=None,
+        help=f"with --evaluate: another v1 held-out set (validation: {VALIDATION_SEED})",
     )
     args = parser.parse_args(argv)
     if args.evaluate:
-        print(json.dumps(evaluate(args.evaluate, seed=args.seed), indent=2))
+        if args.part:
+            scores = evaluate_real(args.evaluate, args.part)
+            scores.pop("failures")
+        else:
+            scores = evaluate(args.evaluate, seed=args.seed)
+        print(json.dumps(scores, indent=2))
         return 0
-    recipe = SHORT if args.short else FULL
+    recipe = SHORT if args.short else FULL if args.v1 else REAL
     workdir = Path(args.workdir)
     heldout = build_data(workdir / "heldout.jsonl", recipe["n_heldout"], HELDOUT_SEED, "heldout")
-    final = run_recipe(recipe, workdir)
+    final = run_recipe(recipe, workdir, Path(args.start) if args.start else None)
     scores = evaluate(final, heldout)
+    if recipe is REAL:
+        scores = {"v2_report": evaluate_real(final, "report"), "v1_heldout": scores}
+        scores["v2_report"].pop("failures")
     (final / "heldout_scores.json").write_text(json.dumps(scores, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(scores, indent=2))
     if args.install:  # the model's files replace the shipped ones; its README stays

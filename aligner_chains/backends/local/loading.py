@@ -2,12 +2,15 @@
 
 Safe by default: safetensors only (pickle checkpoints need ``allow_pickle=True``) and
 ``trust_remote_code=False``. Hub ids resolve through the Hugging Face cache, so they work offline
-once downloaded.
+once downloaded. Quiet by default: no transformers progress bar or chatter while loading (`quiet_transformers`).
 """
 
 from __future__ import annotations
 
+import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +24,7 @@ from aligner_chains.core.errors import (
     MissingDependencyError,
     ModelNotFoundError,
 )
-from aligner_chains.core.model_files import read_aligner_config, resolve_model_path
+from aligner_chains.core.model_files import VERBOSE_ENV, read_aligner_config, resolve_model_path
 
 Quantization = Literal["4bit", "8bit"]
 
@@ -190,7 +193,63 @@ def _context_length(model: Any, tokenizer: Any) -> int | None:
     return None
 
 
+def verbose() -> bool:
+    """True when ``$ALIGNER_VERBOSE`` is set to something other than ``0``/``false``: loading stays chatty."""
+    return os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Within: no transformers progress bars ("Loading weights", "Writing model shards") and only its errors
+    logged; both restored after. Around every load here, and around the trainers' loads and exports.
+
+    Process-wide while it lasts (transformers has one switch for each), so a bar another thread shows
+    during a load is hidden too. ``ALIGNER_VERBOSE=1`` (``aligner-chains --verbose``) leaves both on.
+    """
+    if verbose():
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hub_bars_off = _hub_progress_bars_disabled()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+        if _hub_progress_bars_disabled() != hub_bars_off:  # transformers' switches flip huggingface_hub's too
+            from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+            (disable_progress_bars if hub_bars_off else enable_progress_bars)()
+
+
+def _hub_progress_bars_disabled() -> bool:
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    return bool(are_progress_bars_disabled())
+
+
+def mute_length_warning(tokenizer: Any) -> None:
+    """Silence the tokenizer's "Token indices sequence length is longer than the specified maximum" warning.
+
+    The Aligner measures every prompt against the context itself (``overflow=``, `InputTooLongError`), so
+    the warning, printed once per tokenizer on the first long input, says nothing the caller is not told.
+    """
+    flags = getattr(tokenizer, "deprecation_warnings", None)
+    if isinstance(flags, dict):
+        flags["sequence-length-is-longer-than-the-specified-maximum"] = True
+
+
 def _load_uncached(model_id: str, path: Path, options: LoadOptions) -> LoadedModel:
+    with quiet_transformers():
+        return _load_quietly(model_id, path, options)
+
+
+def _load_quietly(model_id: str, path: Path, options: LoadOptions) -> LoadedModel:
     from transformers import AutoModelForCausalLM
 
     check_checkpoint(path, allow_pickle=options.allow_pickle)
@@ -198,6 +257,7 @@ def _load_uncached(model_id: str, path: Path, options: LoadOptions) -> LoadedMod
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype, device)
     tokenizer = load_tokenizer(path, trust_remote_code=options.trust_remote_code, tokenizer_mode=options.tokenizer_mode)
+    mute_length_warning(tokenizer)
     kwargs: dict[str, Any] = {
         "dtype": dtype,
         "trust_remote_code": options.trust_remote_code,
