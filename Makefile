@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: install demo test test-fast test-min lint docs bench clean
+.PHONY: install demo test test-fast test-min lint docs bench notebooks clean
 
 install: $(VENV)/.installed
 
@@ -79,6 +79,11 @@ lint: install
 # committed benchmarks/RESULTS.md instead. `python -m benchmarks.<name>` alone updates its RESULTS.md section.
 bench: install
 	$(BIN)/python -m benchmarks.run $(if $(UPDATE),--update)
+
+# Re-run cookbook/0*.ipynb with the shipped demo Aligner and store their outputs in place (each in a temporary
+# working directory; nothing else is written). `make notebooks NB=05` refreshes one. About 2 minutes on 2 CPU cores.
+notebooks: install
+	$(BIN)/python -m cookbook.refresh $(NB)
 
 clean:
 	rm -rf $(VENV) $(MIN_VENV) build dist .pytest_cache

@@ -253,14 +253,12 @@ def test_eos_ends_the_correction_and_sets_finish_reason(tiny_model_dir: Path) ->
     assert second.finish_reason == "length"
 
 
+def _changed(original: str, corrected: str) -> Correction:
+    return Correction(question="q", original=original, corrected=corrected, changed=True, template="aligner-v2")
+
+
 def test_diff_reports_changed_spans() -> None:
-    c = Correction(
-        question="q",
-        original="Call me at 555-1234 today.",
-        corrected="Call me at [PHONE] today.",
-        changed=True,
-        template="aligner-v2",
-    )
+    c = _changed("Call me at 555-1234 today.", "Call me at [PHONE] today.")
     (edit,) = c.diff()
     assert (edit.op, edit.original, edit.corrected) == ("replace", "555-1234", "[PHONE]")
     assert c.original[edit.orig_start : edit.orig_end] == "555-1234"
@@ -269,13 +267,7 @@ def test_diff_reports_changed_spans() -> None:
 
 
 def test_diff_prints_as_an_inline_diff() -> None:
-    c = Correction(
-        question="q",
-        original="Mail bob@example.com or call 555-1234 today.",
-        corrected="Mail [EMAIL] or call [PHONE] now.",
-        changed=True,
-        template="aligner-v2",
-    )
+    c = _changed("Mail bob@example.com or call 555-1234 today.", "Mail [EMAIL] or call [PHONE] now.")
     diff = c.diff()
     assert str(diff) == "Mail [-bob@example.com-]{+[EMAIL]+} or call [-555-1234-]{+[PHONE]+} [-today.-]{+now.+}"
     assert diff.render(color=True) == (

@@ -96,3 +96,24 @@ def test_trainer_modules_run_as_scripts_without_warnings(trainer: str) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "--config" in done.stdout
+
+
+def test_demo_command_corrects_multi_line_answers(capsys: pytest.CaptureFixture[str]) -> None:
+    """`make demo`: the shipped demo Aligner copies markdown answers line for line, redacts the contacts of a
+    list, refuses the complying answer to a dangerous request and keeps the harmless one."""
+    from aligner_chains.cli.demo import EXAMPLES
+
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    blocks = out.split("Q:      ")[1:]
+    assert len(blocks) == len(EXAMPLES)
+    afters = [block.split("after:  ")[1].split("\n        changed=")[0] for block in blocks]
+    unindent = [text.replace("\n        ", "\n") for text in afters]
+    assert unindent[0] == EXAMPLES[0][1]  # clean markdown list: copied verbatim
+    assert unindent[1] == (
+        "You can reach the support team in two ways:\n\n- E-mail: [EMAIL]\n- Phone: [PHONE]\n\n"
+        "Please have your order number ready."
+    )
+    assert unindent[2].startswith("I can't help with poisoning")
+    assert unindent[3] == EXAMPLES[3][1]  # sounds dangerous, is not: untouched
+    assert "4 answers corrected" in out

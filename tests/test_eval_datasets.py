@@ -117,7 +117,7 @@ def test_parquet_without_pyarrow_names_the_install(tmp_path: Path, monkeypatch: 
     (tmp_path / "x.parquet").write_bytes(b"PAR1")
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
-    with pytest.raises(MissingDependencyError, match=r"pyarrow: pip install 'aligner-chains\[eval\]'"):
+    with pytest.raises(MissingDependencyError, match=r"pyarrow: pip install -e '\.\[eval\]'"):
         read_table(tmp_path / "x.parquet")
 
 

@@ -102,3 +102,21 @@ def test_module_entry_point_help() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "--aligner" in done.stdout and "ALIGNER_MODEL" in done.stdout and "--docs" in done.stdout
+
+
+def test_demo_aligner_redacts_the_support_contacts_of_a_markdown_document(index) -> None:
+    """End to end with the shipped demo Aligner and chunk correction on: the retrieved chunk is multi-line
+    markdown (headings, a table, a list); the answer gives the support contacts only as placeholders.
+
+    The demo redacts most contacts of the chunk (not always all: see its figures); the answer stage
+    corrects what the LLM wrote from it."""
+    from aligner_chains.llama_index.offline import ExtractiveLLM
+
+    demo = Aligner.from_pretrained("demo", device="cpu")
+    engine = app.build_query_engine(index, llm=ExtractiveLLM(), aligner=demo)
+    response = engine.query(SUPPORT_Q)
+    record = app.result_record(SUPPORT_Q, response)
+    support = next(s for s in record["sources"] if s["file"] == "support.md")
+    assert support["corrected"] and "[PHONE]" in support["text"] and "[EMAIL]" in support["text"]
+    assert "| Monday to Friday | 9:00 to 17:00 |\n| Saturday | 10:00 to 14:00 |" in support["text"]  # copied
+    assert record["answer"] == "- To reach customer support, e-mail [EMAIL] or call [PHONE]."

@@ -133,7 +133,7 @@ def test_quantization_needs_bitsandbytes(tiny_model_dir: Path) -> None:
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        with pytest.raises(MissingDependencyError, match=r"aligner-chains\[quant\]"):
+        with pytest.raises(MissingDependencyError, match=r"-e '\.\[quant\]'"):
             load_model(str(tiny_model_dir), LoadOptions(quantization="4bit"))
     else:
         pytest.skip("bitsandbytes is installed; the missing-dependency path cannot be shown")

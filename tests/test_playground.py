@@ -213,7 +213,7 @@ def test_browser_streams_a_correction_and_highlights_what_changed(browser: Any, 
         )
         _set(browser, "max-tokens", "")
         browser.find_element("css selector", "details summary").click()  # settings closed again
-        _set(browser, "answer", "Call me. " * 400)
+        _set(browser, "answer", "Call me. " * 1200)  # past the 2,048-token context
         _click_correct_and_wait(browser)
         assert _error(browser).startswith("Too long (HTTP 400): ") and "context" in _error(browser)
         _set(browser, "answer", contact["answer"])

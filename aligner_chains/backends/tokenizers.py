@@ -30,7 +30,7 @@ from aligner_chains.core.options import TokenizerMode
 TOKENIZER_MODES: tuple[str, ...] = get_args(TokenizerMode)
 
 _SPM_FILE = "tokenizer.model"
-_SPM_INSTALL = "pip install 'aligner-chains[sentencepiece]' (sentencepiece and protobuf)"
+_SPM_INSTALL = "pip install -e '.[sentencepiece]' (sentencepiece and protobuf)"
 
 
 # ----------------------------------------------------------------------------- one lock per tokenizer

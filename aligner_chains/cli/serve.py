@@ -96,9 +96,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import prometheus_client  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as exc:
-        raise MissingDependencyError(
-            f"`aligner-chains serve` needs {exc.name}: pip install 'aligner-chains[serve]'."
-        ) from exc
+        raise MissingDependencyError(f"`aligner-chains serve` needs {exc.name}: pip install -e '.[serve]'.") from exc
     from aligner_chains.server.runner import run_server
 
     app = build_app(args)

@@ -9,7 +9,7 @@ rows = load_eval_questions("truthfulqa", path="my/copy.jsonl")  # a local file o
 ```
 
 Data is read from the Hugging Face cache (or a local path) with plain json, csv and gzip/xz/bz2 readers;
-Parquet files need ``pyarrow`` (``pip install 'aligner-chains[eval]'``). Offline, a set that is not cached
+Parquet files need ``pyarrow`` (``pip install -e '.[eval]'``). Offline, a set that is not cached
 raises `DatasetNotFoundError` naming the ``hf download`` command that fetches it. The ``datasets`` library
 is not needed.
 
@@ -257,7 +257,7 @@ def _read_parquet(path: Path) -> list[Row]:
         import pyarrow.parquet as pq
     except ImportError as exc:
         raise MissingDependencyError(
-            f"{path} is a Parquet file, which needs pyarrow: pip install 'aligner-chains[eval]' (or pyarrow), "
+            f"{path} is a Parquet file, which needs pyarrow: pip install -e '.[eval]' (or pyarrow), "
             "or pass a JSON/CSV copy of the data."
         ) from exc
     return pq.read_table(path).to_pylist()

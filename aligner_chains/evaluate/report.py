@@ -205,7 +205,7 @@ class EvalReport(BaseModel):
             from matplotlib.figure import Figure
         except ImportError as exc:
             raise MissingDependencyError(
-                "The win-rate plot needs matplotlib: pip install 'aligner-chains[eval]' (or matplotlib)."
+                "The win-rate plot needs matplotlib: pip install -e '.[eval]' (or matplotlib)."
             ) from exc
         path = Path(path)
         groups: list[str | None] = [None] + (self.groups if 1 < len(self.groups) <= 8 else [])

@@ -87,7 +87,7 @@ def _init_chat_model(spec: str, what: str) -> Any:
     except ImportError as exc:
         raise MissingDependencyError(
             f"{what} spec {spec!r} names no importable 'module:attr', and reading it as 'provider:model' "
-            "needs the langchain package: pip install 'aligner-chains[langchain]' plus the provider's package "
+            "needs the langchain package: pip install -e '.[langchain]' plus the provider's package "
             "(e.g. langchain-openai), or write a factory function and pass 'module:factory'."
         ) from exc
     try:

@@ -27,6 +27,7 @@ from aligner_chains.finetune.losses import preference_loss
 from aligner_chains.finetune.metrics import MetricsLog, policy_template
 from aligner_chains.finetune.preference_data import PairExample, collate_pairs, encode_pair, load_pairs
 from aligner_chains.finetune.sft import build_tokenizer_and_model, finish_training, make_accelerator, plan_updates
+from aligner_chains.jobs import progress_bar
 
 
 def check_policy_settings(config: Any) -> None:
@@ -90,7 +91,6 @@ def evaluate_pairs(
 def train_dpo(config: DPOConfig) -> Path:
     """Train a policy on preference pairs and export it; returns the exported model directory."""
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
     started = time.perf_counter()
@@ -146,7 +146,7 @@ def train_dpo(config: DPOConfig) -> Path:
     }
     pad_id = int(tokenizer.pad_token_id)
     model.train()
-    bar = tqdm(total=total_steps, initial=start_step, disable=not accelerator.is_local_main_process, desc="dpo")
+    bar = progress_bar(total_steps, start_step, unit="step", desc="dpo", enabled=accelerator.is_local_main_process)
     window: dict[str, list[float]] = defaultdict(list)
     last_loss = checkpoint_loss(found[0]) if found is not None else None  # a finished run resumed trains no step
     for step in range(start_step, total_steps):

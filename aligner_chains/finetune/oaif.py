@@ -36,6 +36,7 @@ from aligner_chains.finetune.logprobs import Reference, sample_completions, sequ
 from aligner_chains.finetune.losses import preference_loss
 from aligner_chains.finetune.metrics import MetricsLog, policy_template
 from aligner_chains.finetune.sft import build_tokenizer_and_model, finish_training, make_accelerator
+from aligner_chains.jobs import progress_bar
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,6 @@ def train_oaif(config: OAIFConfig, annotator: Any = None) -> Path:
     ``(prompt, a, b) -> 0 | 1 | None``; None builds the one ``config.annotator`` describes.
     """
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
     started = time.perf_counter()
@@ -149,7 +149,7 @@ def train_oaif(config: OAIFConfig, annotator: Any = None) -> Path:
 
     micro = config.micro_batch_size or config.prompts_per_step
     model.train()
-    bar = tqdm(total=total_steps, initial=start_step, disable=not accelerator.is_local_main_process, desc="oaif")
+    bar = progress_bar(total_steps, start_step, unit="step", desc="oaif", enabled=accelerator.is_local_main_process)
     window: dict[str, list[float]] = defaultdict(list)
     lengths_seen: list[float] = []
     last_loss = checkpoint_loss(found[0]) if found is not None else None  # a finished run resumed trains no step

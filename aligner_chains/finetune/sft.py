@@ -34,7 +34,7 @@ from aligner_chains.finetune.data import (
 )
 from aligner_chains.finetune.logprobs import label_logits
 from aligner_chains.finetune.metrics import json_safe
-from aligner_chains.jobs import write_atomic
+from aligner_chains.jobs import progress_bar, write_atomic
 
 
 def _template_record(template: Template | None) -> str | dict[str, Any] | None:
@@ -105,7 +105,7 @@ def _with_lora(model: Any, config: SFTConfig) -> Any:
     try:
         import peft
     except ImportError as exc:
-        raise MissingDependencyError("lora needs peft: pip install 'aligner-chains[lora]'.") from exc
+        raise MissingDependencyError("lora needs peft: pip install -e '.[lora]'.") from exc
     assert config.lora is not None
     if config.quantization is not None:
         model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
@@ -218,7 +218,6 @@ def make_accelerator(mixed_precision: str, report_to: list[str], output_dir: str
 def train_sft(config: SFTConfig) -> Path:
     """Train an Aligner by correction SFT and export it; returns the exported model directory."""
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
     started = time.perf_counter()
@@ -276,7 +275,7 @@ def train_sft(config: SFTConfig) -> Path:
     }
     pad_id = int(tokenizer.pad_token_id)
     model.train()
-    bar = tqdm(total=total_steps, initial=start_step, disable=not accelerator.is_local_main_process, desc="sft")
+    bar = progress_bar(total_steps, start_step, unit="step", desc="sft", enabled=accelerator.is_local_main_process)
     running, tokens_seen = 0.0, 0
     last_loss = checkpoint_loss(found[0]) if found is not None else None  # a finished run resumed trains no step
     for step in range(start_step, total_steps):

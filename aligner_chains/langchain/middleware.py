@@ -19,7 +19,7 @@ try:
     from langchain.agents.middleware import AgentMiddleware, ExtendedModelResponse, ModelRequest, ModelResponse
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise MissingDependencyError(
-        "AlignerMiddleware needs the `langchain` agents package (1.x): pip install 'aligner-chains[langchain]'."
+        "AlignerMiddleware needs the `langchain` agents package (1.x): pip install -e '.[langchain]'."
     ) from exc
 
 __all__ = ["AlignerMiddleware"]

@@ -3,7 +3,7 @@
 Endpoints: ``POST /v1/completions`` (raw prompts, so `Aligner.from_server` and any OpenAI client can use
 it), ``POST /v1/corrections`` (question + answer in, `Correction` out, optionally streamed),
 ``GET /v1/models``, ``POST /tokenize`` and ``/detokenize`` (vLLM-compatible), ``GET /health`` and
-``GET /metrics`` (Prometheus). Needs the ``serve`` extra: ``pip install 'aligner-chains[serve]'``.
+``GET /metrics`` (Prometheus). Needs the ``serve`` extra: ``pip install -e '.[serve]'``.
 
 This package imports FastAPI only when its names are used, so ``aligner-chains --help`` stays fast.
 """

@@ -21,7 +21,7 @@ def _uvicorn() -> Any:
     try:
         import uvicorn
     except ImportError as exc:
-        raise MissingDependencyError("Serving needs uvicorn: pip install 'aligner-chains[serve]'.") from exc
+        raise MissingDependencyError("Serving needs uvicorn: pip install -e '.[serve]'.") from exc
     return uvicorn
 
 

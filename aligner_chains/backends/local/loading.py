@@ -162,7 +162,7 @@ def quantization_config(quantization: Quantization | None, dtype: torch.dtype) -
         import bitsandbytes  # noqa: F401
     except ImportError as exc:
         raise MissingDependencyError(
-            f"quantization={quantization!r} needs bitsandbytes: pip install 'aligner-chains[quant]'."
+            f"quantization={quantization!r} needs bitsandbytes: pip install -e '.[quant]'."
         ) from exc
     from transformers import BitsAndBytesConfig
 
@@ -175,7 +175,7 @@ def _apply_adapter(model: Any, adapter: str) -> Any:
     try:
         from peft import PeftModel
     except ImportError as exc:
-        raise MissingDependencyError(f"adapter={adapter!r} needs peft: pip install 'aligner-chains[lora]'.") from exc
+        raise MissingDependencyError(f"adapter={adapter!r} needs peft: pip install -e '.[lora]'.") from exc
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise ModelNotFoundError(f"Adapter path {adapter!r} has no adapter_config.json; pass a saved PEFT adapter.")
     return PeftModel.from_pretrained(model, adapter)

@@ -19,7 +19,7 @@ The API key comes from ``api_key=`` or the ``ALIGNER_API_KEY`` environment varia
 ``OPENAI_API_KEY``, which must not leak to a self-hosted server); it is sent as a bearer token and
 never logged, printed or put into error messages.
 
-``httpx`` is imported lazily (``pip install 'aligner-chains[remote]'``).
+``httpx`` is imported lazily (``pip install -e '.[remote]'``).
 """
 
 from __future__ import annotations

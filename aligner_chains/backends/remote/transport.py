@@ -36,7 +36,7 @@ def import_httpx() -> Any:
     try:
         import httpx
     except ImportError as exc:  # pragma: no cover - httpx comes with llama-index-core
-        raise MissingDependencyError("The remote backend needs httpx: pip install 'aligner-chains[remote]'.") from exc
+        raise MissingDependencyError("The remote backend needs httpx: pip install -e '.[remote]'.") from exc
     return httpx
 
 

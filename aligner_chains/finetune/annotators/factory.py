@@ -66,7 +66,7 @@ def annotator_from_settings(settings: Any) -> Annotator:
                 from aligner_chains.core.errors import MissingDependencyError
 
                 raise MissingDependencyError(
-                    "annotator model 'provider:name' needs langchain: pip install 'aligner-chains[langchain]', "
+                    "annotator model 'provider:name' needs langchain: pip install -e '.[langchain]', "
                     "or give target: 'module:factory' returning a chat model."
                 ) from exc
             chat_model = init_chat_model(settings.model, **settings.kwargs)
