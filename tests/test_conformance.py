@@ -95,16 +95,21 @@ def test_family_support(family) -> None:
         assert spec.backend.can_mix_limits(spec.generation)
 
 
-def test_long_accepted_drafts_are_exact(family) -> None:
-    """Drafts taken from the model's own greedy output (with a detour) are accepted in long runs,
-    leaving rejected drafts as masked holes in the cache: the tokens stay those of plain greedy."""
-    name, spec, _ = family
+def decode_inputs(spec):
+    """The loaded model, the tokenized prompts of ``PAIRS``, and the settings `LocalBackend` decodes them with."""
     loaded = spec.backend.loaded
     prompts = [spec.template.render(q, a) for q, a in PAIRS]
     with loaded.tokenizer_lock:
         batch = loaded.tokenizer(prompts, return_tensors="pt", padding=True)
-    params = GenerationParams(max_new_tokens=MAX_NEW)
     options = {"eos_token_ids": spec.backend.eos_token_ids, "pad_token_id": spec.backend.pad_token_id}
+    return loaded, batch, GenerationParams(max_new_tokens=MAX_NEW), options
+
+
+def test_long_accepted_drafts_are_exact(family) -> None:
+    """Drafts taken from the model's own greedy output (with a detour) are accepted in long runs,
+    leaving rejected drafts as masked holes in the cache: the tokens stay those of plain greedy."""
+    name, spec, _ = family
+    loaded, batch, params, options = decode_inputs(spec)
     with torch.inference_mode():
         want = HFGenerate().decode(loaded.model, batch["input_ids"], batch["attention_mask"], params, **options)
         sources = [row[:8] + [5, 6, 7] + row[8:] for row in want.tokens.tolist()]
@@ -125,12 +130,7 @@ def test_accelerator_cost_model_with_draft_trees_is_exact(family) -> None:
     """Under the accelerator cost model the prompt pass verifies the whole answer and later passes verify
     draft trees through a 4-D mask (each draft sees only its ancestors): still plain greedy's tokens."""
     name, spec, _ = family
-    loaded = spec.backend.loaded
-    prompts = [spec.template.render(q, a) for q, a in PAIRS]
-    with loaded.tokenizer_lock:
-        batch = loaded.tokenizer(prompts, return_tensors="pt", padding=True)
-    params = GenerationParams(max_new_tokens=MAX_NEW)
-    options = {"eos_token_ids": spec.backend.eos_token_ids, "pad_token_id": spec.backend.pad_token_id}
+    loaded, batch, params, options = decode_inputs(spec)
     masks: list[int] = []
     with torch.inference_mode():
         want = HFGenerate().decode(loaded.model, batch["input_ids"], batch["attention_mask"], params, **options)

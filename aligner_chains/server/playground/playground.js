@@ -155,24 +155,21 @@ function marked(text, diff, side, tag) {
   return out;
 }
 
+// A name and its value as two elements in one container: <div><dt><dd> for facts, <tr><th><td> for stats.
+function pair(tags, name, text) {
+  const [outer, head, cell] = tags.map((tag) => document.createElement(tag));
+  head.textContent = name;
+  cell.textContent = text;
+  outer.append(head, cell);
+  return outer;
+}
+
 function fact(name, value) {
-  const item = document.createElement("div");
-  const dt = document.createElement("dt");
-  const dd = document.createElement("dd");
-  dt.textContent = name;
-  dd.textContent = String(value);
-  item.append(dt, dd);
-  return item;
+  return pair(["div", "dt", "dd"], name, String(value));
 }
 
 function statRow(name, value) {
-  const row = document.createElement("tr");
-  const th = document.createElement("th");
-  const td = document.createElement("td");
-  th.textContent = name;
-  td.textContent = typeof value === "object" && value !== null ? JSON.stringify(value) : String(value);
-  row.append(th, td);
-  return row;
+  return pair(["tr", "th", "td"], name, typeof value === "object" && value !== null ? JSON.stringify(value) : String(value));
 }
 
 async function showHttpError(response) {
