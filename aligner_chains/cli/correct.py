@@ -12,7 +12,9 @@ from typing import Any
 
 from aligner_chains.cli.options import (
     add_model_options,
+    add_server_options,
     completed_lines,
+    job_chunk_size,
     load_aligner,
     positive_int,
     print_summary,
@@ -35,6 +37,7 @@ def add_cli(subparsers: Any) -> None:
     """Add the ``correct`` and ``templates`` subcommands."""
     correct = subparsers.add_parser("correct", help="correct one answer, or a JSONL file of question/answer pairs")
     add_model_options(correct)
+    add_server_options(correct)
     correct.add_argument("-q", "--question")
     correct.add_argument("-a", "--answer")
     correct.add_argument("--input", help="JSONL with 'question' and 'answer' on every line")
@@ -93,10 +96,11 @@ def cmd_correct(args: argparse.Namespace) -> int:
         output.open("a", encoding="utf-8") as sink,
         tqdm(total=len(rows), initial=done, unit="pair", disable=args.quiet) as bar,
     ):
-        for start in range(done, len(rows), args.batch_size):
-            chunk = rows[start : start + args.batch_size]
+        chunk_size = job_chunk_size(args, args.batch_size)
+        for start in range(done, len(rows), chunk_size):
+            chunk = rows[start : start + chunk_size]
             pairs = [(row["question"], row["answer"]) for row in chunk if isinstance(row, dict)]
-            results = iter(aligner.correct_batch(pairs, batch_size=args.batch_size, on_error="passthrough"))
+            results = iter(aligner.correct_batch(pairs, batch_size=chunk_size, on_error="passthrough"))
             for number, row in enumerate(chunk, start=start + 1):
                 line, error = _output_line(row, None if isinstance(row, DataError) else next(results), args, number)
                 if error is not None and args.on_error == "stop":

@@ -13,7 +13,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aligner_chains.cli.options import open_aligner, positive_int, print_summary
+from aligner_chains.cli.options import (
+    add_server_options,
+    job_chunk_size,
+    open_aligner,
+    positive_int,
+    print_summary,
+    server_aligner,
+)
 from aligner_chains.core.errors import ConfigError
 
 LOG_NAME = "judgments.jsonl"
@@ -58,7 +65,11 @@ def add_cli(subparsers: Any) -> None:
     )
     parser.add_argument("--single-order", action="store_true", help="ask chat-model judges in one order only")
     parser.add_argument("--out", required=True, help="report directory")
-    parser.add_argument("--aligner", help="correct the answers with this Aligner first (path, hub id or 'demo')")
+    parser.add_argument(
+        "--aligner",
+        help="correct the answers with this Aligner first (path, hub id or 'demo'; with --server: the served "
+        "model's name, default the servers' only model)",
+    )
     parser.add_argument("--template", help="the Aligner's template (default: from the checkpoint)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
@@ -67,9 +78,10 @@ def add_cli(subparsers: Any) -> None:
     parser.add_argument(
         "--group-by", help="item field for the breakdown (default: upstream_model; with --preset: dataset)"
     )
-    parser.add_argument("--max-concurrency", type=positive_int, default=8)
+    parser.add_argument("--max-concurrency", type=positive_int, default=8, help="judge calls in flight at once")
     parser.add_argument("--retries", type=int, default=3)
     parser.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds (doubles)")
+    add_server_options(parser)
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--confidence", type=float, default=0.95)
     parser.add_argument("--seed", type=int, default=0)
@@ -227,7 +239,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise ConfigError("eval needs --input FILE and --judge SPEC (or --preset aligner-paper --dataset NAME).")
         judges = build_judges(args.judge, args.dimension, _rubrics(args.rubric), both_orders=not args.single_order)
     aligner = None
-    if args.aligner:
+    args.batch_size = job_chunk_size(args, args.batch_size)
+    if args.server:
+        aligner = server_aligner(args, args.aligner)
+    elif args.aligner:
         aligner = open_aligner(
             args.aligner,
             template=args.template,

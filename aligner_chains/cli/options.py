@@ -18,7 +18,9 @@ from aligner_chains.jobs import repair_torn_tail
 __all__ = [
     "MODEL_HELP",
     "add_model_options",
+    "add_server_options",
     "completed_lines",
+    "job_chunk_size",
     "load_aligner",
     "lone_surrogate",
     "model_name",
@@ -27,6 +29,7 @@ __all__ = [
     "print_summary",
     "read_pair_lines",
     "read_pairs_jsonl",
+    "server_aligner",
     "summary_line",
 ]
 
@@ -42,6 +45,32 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
     parser.add_argument("--max-new-tokens", type=positive_int, default=None)
     parser.add_argument("--overflow", choices=["raise", "truncate_question"], default="raise")
+
+
+def add_server_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--server URL`` (repeatable) and ``--concurrency``: the Aligner runs on servers, not in this process."""
+    group = parser.add_argument_group("servers: the Aligner on OpenAI-compatible servers instead of in this process")
+    group.add_argument(
+        "--server",
+        action="append",
+        metavar="URL",
+        help="a server running the Aligner (vLLM, TGI, SGLang, aligner-chains serve; /v1 optional). Repeat it for "
+        "replicas: each request goes to the least busy one, and one that fails is set aside while the others "
+        "go on. The model name is the served one (default: the server's only model); the API key comes from "
+        "$ALIGNER_API_KEY",
+    )
+    group.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=16,
+        help="requests in flight at once, over all --server URLs (default: 16)",
+    )
+
+
+def job_chunk_size(args: argparse.Namespace, batch_size: int) -> int:
+    """Rows per call of a bulk job: ``batch_size``, and with servers enough to keep ``--concurrency`` busy
+    (each call waits for its slowest row, so a chunk of 4x the requests in flight wastes little)."""
+    return max(batch_size, 4 * args.concurrency) if getattr(args, "server", None) else batch_size
 
 
 def model_name(args: argparse.Namespace) -> str:
@@ -63,7 +92,9 @@ def open_aligner(model: str, **options: Any) -> Any:
 
 
 def load_aligner(args: argparse.Namespace) -> Any:
-    """The Aligner the options of `add_model_options` describe."""
+    """The Aligner the options of `add_model_options` (and `add_server_options`) describe."""
+    if getattr(args, "server", None):
+        return server_aligner(args, args.model)
     return open_aligner(
         model_name(args),
         template=args.template,
@@ -71,6 +102,23 @@ def load_aligner(args: argparse.Namespace) -> Any:
         dtype=args.dtype,
         overflow=args.overflow,
         max_new_tokens=args.max_new_tokens,
+    )
+
+
+def server_aligner(args: argparse.Namespace, model: str | None) -> Any:
+    """The Aligner on the ``--server`` URLs, serving ``model`` (None: the servers' only model)."""
+    from aligner_chains.core.aligner import Aligner
+
+    local = [f"--{name}" for name in ("device", "dtype") if getattr(args, name, "auto") not in (None, "auto")]
+    if local:
+        raise SystemExit(f"{' and '.join(local)} set how a local model loads; with --server the server decides.")
+    return Aligner.from_server(
+        args.server if len(args.server) > 1 else args.server[0],
+        model=model,
+        template=args.template,
+        max_concurrency=args.concurrency,
+        overflow=getattr(args, "overflow", "raise"),
+        **({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens is not None else {}),
     )
 
 

@@ -7,7 +7,14 @@ import sys
 import time
 from typing import Any
 
-from aligner_chains.cli.options import positive_int, print_summary
+from aligner_chains.cli.options import (
+    MODEL_HELP,
+    add_server_options,
+    open_aligner,
+    positive_int,
+    print_summary,
+    server_aligner,
+)
 
 
 def add_cli(subparsers: Any) -> None:
@@ -32,7 +39,18 @@ def add_cli(subparsers: Any) -> None:
     parser.add_argument("--out", required=True, help="output JSONL (question, answer, correction)")
     parser.add_argument("--upstream", metavar="SPEC", help="the model (or chain) that answers the questions")
     parser.add_argument("--input-key", help="call the upstream with {KEY: question} instead of the question string")
-    parser.add_argument("--teacher", required=True, metavar="SPEC", help="the chat model that writes corrections")
+    teacher = parser.add_argument_group("the teacher that writes corrections: --teacher, --aligner or --server")
+    teacher.add_argument("--teacher", metavar="SPEC", help="a chat model that writes corrections from --prompt")
+    teacher.add_argument(
+        "--aligner",
+        metavar="MODEL",
+        help=f"an Aligner whose corrections are the data (the paper's multi-round pipeline); {MODEL_HELP}. "
+        "With --server: the served model's name (default: the servers' only model)",
+    )
+    teacher.add_argument("--template", help="the Aligner's template (default: from the checkpoint)")
+    teacher.add_argument("--device", default="auto", help="where a local --aligner runs: auto, cpu, cuda, ...")
+    teacher.add_argument("--dtype", default="auto", help="a local --aligner's dtype: auto, float32, bfloat16, ...")
+    teacher.add_argument("--max-new-tokens", type=positive_int, help="the Aligner's limit per correction")
     parser.add_argument(
         "--prompt", help="correction prompt: JSON/YAML with 'system' and/or 'user', or a text file (user template)"
     )
@@ -49,7 +67,24 @@ def add_cli(subparsers: Any) -> None:
     parser.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds (doubles)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_server_options(parser)
     parser.set_defaults(func=cmd_synthesize)
+
+
+def _teacher(args: argparse.Namespace) -> Any:
+    """The teacher the options name: a chat model (--teacher), a local Aligner (--aligner), or servers."""
+    from aligner_chains.evaluate.specs import load_object
+
+    if args.teacher and (args.server or args.aligner):
+        raise SystemExit("synthesize: give one teacher: --teacher SPEC, or an Aligner (--aligner MODEL, --server URL).")
+    if args.teacher:
+        return load_object(args.teacher, what="teacher")
+    if args.server:
+        return server_aligner(args, args.aligner)
+    if args.aligner:
+        options = {"template": args.template, "device": args.device, "dtype": args.dtype}
+        return open_aligner(args.aligner, max_new_tokens=args.max_new_tokens, **options)
+    raise SystemExit("synthesize: name the teacher: --teacher SPEC (a chat model), --aligner MODEL or --server URL.")
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
@@ -68,14 +103,14 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     )
     stats = synthesize(
         args.questions,
-        teacher=load_object(args.teacher, what="teacher"),
+        teacher=_teacher(args),
         upstream=load_object(args.upstream, what="upstream") if args.upstream else None,
         output=args.out,
         prompt=CorrectionPrompt.from_file(args.prompt) if args.prompt else None,
         filters=filters,
         identity=args.identity,
         input_key=args.input_key,
-        max_concurrency=args.max_concurrency,
+        max_concurrency=max(args.max_concurrency, args.concurrency) if args.server else args.max_concurrency,
         retries=args.retries,
         backoff=args.backoff,
         seed=args.seed,

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -183,7 +183,7 @@ class Aligner:
     @classmethod
     def from_server(
         cls,
-        base_url: str,
+        base_url: str | Sequence[str],
         *,
         model: str | None = None,
         template: str | Template | None = None,
@@ -201,7 +201,9 @@ class Aligner:
         """An Aligner whose model runs on an OpenAI-compatible server (vLLM, TGI, SGLang, ``aligner-chains serve``).
 
         The rendered template goes to ``POST {base_url}/v1/completions`` as a raw prompt, greedy by default;
-        results and errors are those of the local backend. ``model=None`` takes the server's only model;
+        results and errors are those of the local backend. ``base_url`` may list several servers of the same
+        model: requests go to the least busy, a failing one is set aside, and all are checked at once to
+        serve the model. ``model=None`` takes the server's only model;
         ``template=None`` takes it from ``tokenizer``'s ``aligner_config.json``, the server, or the released
         table. ``api_key`` defaults to ``$ALIGNER_API_KEY``. ``tokenizer=`` (a local path) gives exact token
         counts without round trips. ``backend_options`` go to `aligner_chains.backends.remote.RemoteBackend`
@@ -223,6 +225,8 @@ class Aligner:
         )
         if model is None:
             backend.resolve_model()
+        if len(backend.fleet.transports) > 1:
+            backend.check_servers()
         generation = {**backend.stored_generation(), **generation}
         # No micro-batching here: the server batches (continuously, in vLLM), and requests are independent.
         return cls(

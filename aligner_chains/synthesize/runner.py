@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from aligner_chains.core.aligner import Aligner
 from aligner_chains.core.errors import ConfigError, DataError
 from aligner_chains.evaluate.edits import EditSummary, summarize_edits
 from aligner_chains.jobs import (
@@ -174,7 +175,9 @@ def synthesize(
       question string, or ``{input_key: question}`` when ``input_key`` is set. Its output may be a string, a
       message or a dict with an ``answer``/``output``/``text``.
     - ``teacher``: a LangChain chat model (or runnable/function over a message list) that writes the
-      correction from ``prompt`` (default: `CorrectionPrompt`, 3H instructions).
+      correction from ``prompt`` (default: `CorrectionPrompt`, 3H instructions); or an `Aligner`, local or on
+      servers, whose corrections are the data (the paper's multi-round pipeline: an Aligner corrects a new
+      upstream model's answers; ``prompt`` does not apply).
     - ``filters``: `SynthesisFilters` (empty/refused/identical/runaway, dedupe).
     - ``identity``: fraction of kept rows that also get a Q-A-A identity row (``correction == answer``,
       marked ``"identity": true``), chosen deterministically from ``seed``.
@@ -225,8 +228,10 @@ async def asynthesize(
     policy = RetryPolicy(retries=retries, backoff=backoff)
     if not 0 <= identity <= 1:
         raise ConfigError(f"identity={identity!r}: use a fraction of rows between 0 and 1.")
-    if teacher is None or not (hasattr(teacher, "ainvoke") or callable(teacher)):
-        raise ConfigError(f"teacher must be a LangChain chat model or a callable, got {type(teacher).__name__}.")
+    if not isinstance(teacher, Aligner) and (teacher is None or not (hasattr(teacher, "ainvoke") or callable(teacher))):
+        raise ConfigError(
+            f"teacher must be a LangChain chat model, a callable or an Aligner, got {type(teacher).__name__}."
+        )
     rows = load_questions(questions)
     if upstream is None:
         missing = next((i for i, row in enumerate(rows) if row.answer is None), None)
@@ -343,8 +348,16 @@ class _Pipeline:
         messages = self.prompt.messages(row.question, answer)
         config = {"run_name": "synthesize.teacher"}
         try:
-            out, attempts = await call_with_retries(lambda: ainvoke(self.teacher, messages, config=config), self.policy)
-            correction = clean_correction(output_text(out, what="the teacher model"))
+            if isinstance(self.teacher, Aligner):
+                result, attempts = await call_with_retries(
+                    lambda: self.teacher.acorrect(row.question, answer), self.policy
+                )
+                correction = result.corrected
+            else:
+                out, attempts = await call_with_retries(
+                    lambda: ainvoke(self.teacher, messages, config=config), self.policy
+                )
+                correction = clean_correction(output_text(out, what="the teacher model"))
         except (JobFailed, TypeError) as exc:
             return {**record, "status": "error", "stage": "teacher", "error": str(exc)}
         record["attempts"] += attempts

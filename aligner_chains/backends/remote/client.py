@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
+from aligner_chains.backends.remote.fleet import ServerFleet
 from aligner_chains.backends.remote.protocol import (
     error_message,
     estimate_tokens,
@@ -64,7 +65,9 @@ class RemoteBackend(Backend):
 
     Args:
         base_url: the server's address, with or without a trailing ``/v1``
-            (``http://127.0.0.1:8000`` or ``http://127.0.0.1:8000/v1``).
+            (``http://127.0.0.1:8000`` or ``http://127.0.0.1:8000/v1``); or a list of addresses of
+            servers of the same model (replicas): each request goes to the least busy one, and a
+            server that fails is set aside while the others take over (`ServerFleet`).
         model: the served model name sent with every request; None asks ``GET /v1/models`` (one model).
         api_key: bearer token; default ``$ALIGNER_API_KEY`` (``api_key_env``). Never logged.
         tokenizer: a local tokenizer (path, cached hub id, or object) for exact local token counts;
@@ -78,7 +81,8 @@ class RemoteBackend(Backend):
         max_retries: retries of a request on 408/429/5xx and connection failures, with exponential
             backoff (``backoff`` * 2**attempt, with jitter, at most ``max_backoff``; ``Retry-After``
             is honoured). A timed-out generation is not retried.
-        max_concurrency: requests in flight at once from this backend (threads beyond wait).
+        max_concurrency: requests in flight at once from this backend, over all its servers (threads
+            beyond wait).
         stop: stop strings sent with every request (e.g. when the server ignores the model's EOS).
         return_token_ids: ask for the generated token ids (vLLM >= 0.10.2 and ``aligner-chains
             serve``); otherwise ``GenerationOutput.token_ids`` holds ``-1`` placeholders, one per
@@ -93,7 +97,7 @@ class RemoteBackend(Backend):
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Sequence[str],
         *,
         model: str | None = None,
         api_key: str | None = None,
@@ -113,11 +117,17 @@ class RemoteBackend(Backend):
         headers: Mapping[str, str] | None = None,
         http_client: Any = None,
     ) -> None:
-        if not isinstance(base_url, str) or not re.match(r"^https?://[^/\s]+", base_url):
+        urls = [base_url] if isinstance(base_url, str) else list(base_url) if isinstance(base_url, Sequence) else []
+        if not urls:
             raise ConfigError(
-                f"base_url={base_url!r} is not an http(s) URL; pass e.g. 'http://127.0.0.1:8000' "
-                "(a trailing /v1 is fine)."
+                f"base_url={base_url!r}: give a server URL, e.g. 'http://127.0.0.1:8000', or a list of them."
             )
+        for url in urls:
+            if not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url):
+                raise ConfigError(
+                    f"base_url={url!r} is not an http(s) URL; pass e.g. 'http://127.0.0.1:8000' "
+                    "(a trailing /v1 is fine)."
+                )
         if token_counting not in ("auto", "tokenizer", "server", "estimate"):
             raise ConfigError(f"token_counting={token_counting!r}: use 'auto', 'tokenizer', 'server' or 'estimate'.")
         if token_counting == "tokenizer" and tokenizer is None:
@@ -130,24 +140,28 @@ class RemoteBackend(Backend):
         for label, value in (("timeout", timeout), ("connect_timeout", connect_timeout)):
             if not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigError(f"{label}={value!r} must be a positive number of seconds.")
-        root = base_url.strip().rstrip("/")
-        if root.endswith("/v1"):
-            root = root[: -len("/v1")]
-        self.base_url = root
         self._model = model
-        self.transport = HTTPTransport(
-            root,
-            api_key=api_key if api_key else (os.environ.get(api_key_env) or None),
-            api_key_env=api_key_env,
-            timeout=timeout,
-            connect_timeout=connect_timeout,
-            max_retries=max_retries,
-            backoff=backoff,
-            max_backoff=max_backoff,
-            max_concurrency=max_concurrency,
-            headers=headers,
-            http_client=http_client,
+        key = api_key if api_key else (os.environ.get(api_key_env) or None)
+        self.fleet = ServerFleet(
+            [
+                HTTPTransport(
+                    _server_root(url),
+                    api_key=key,
+                    api_key_env=api_key_env,
+                    timeout=timeout,
+                    connect_timeout=connect_timeout,
+                    max_retries=max_retries,
+                    backoff=backoff,
+                    max_backoff=max_backoff,
+                    max_concurrency=max_concurrency,
+                    headers=headers,
+                    http_client=http_client,
+                )
+                for url in urls
+            ]
         )
+        self.transport = self.fleet.primary
+        self.base_url = self.transport.base_url
         self.timeout = float(timeout)
         self.max_concurrency = max_concurrency
         self.stop: list[str] | None = [stop] if isinstance(stop, str) else (list(stop) if stop else None)
@@ -213,7 +227,7 @@ class RemoteBackend(Backend):
             with self._lock:
                 if self._models is None:
                     try:
-                        data = self.transport.request_json("GET", "/v1/models")
+                        data = self.fleet.request_json("GET", "/v1/models")
                     except BackendError as exc:
                         if exc.status_code in (404, 405):
                             self._models = []
@@ -222,6 +236,28 @@ class RemoteBackend(Backend):
                     entries = data.get("data") if isinstance(data, dict) else None
                     self._models = [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
         return self._models
+
+    def check_servers(self) -> None:
+        """Check that every server of the fleet is up and lists this model (when it lists models at all).
+
+        Raises `BackendError` naming a server that cannot be reached and `ConfigError` naming one that
+        serves other models: a typo in one of many URLs fails at start, not a quarter into a job.
+        """
+        name = self.name
+        for transport in self.fleet.transports:
+            try:
+                data = transport.request_json("GET", "/v1/models")
+            except BackendError as exc:
+                if exc.status_code in (404, 405):
+                    continue  # a server without /v1/models: only its answers can tell
+                raise
+            entries = data.get("data") if isinstance(data, dict) else None
+            ids = [e.get("id") for e in entries or [] if isinstance(e, dict) and isinstance(e.get("id"), str)]
+            if ids and name not in ids:
+                raise ConfigError(
+                    f"The server at {transport.base_url} does not serve model {name!r} (it lists {', '.join(ids)}); "
+                    "every server given must serve the same model."
+                )
 
     def _model_info(self) -> dict[str, Any] | None:
         name = self.name
@@ -295,7 +331,7 @@ class RemoteBackend(Backend):
 
     def _probe_tokenize(self) -> bool:
         try:
-            data = self.transport.request_json("POST", "/tokenize", {"model": self.name, "prompt": "a"}, retry=False)
+            data = self.fleet.request_json("POST", "/tokenize", {"model": self.name, "prompt": "a"}, retry=False)
         except BackendError as exc:
             if exc.status_code is not None and 400 <= exc.status_code < 500 and exc.status_code not in (401, 403):
                 return False
@@ -312,7 +348,7 @@ class RemoteBackend(Backend):
             if text in self._count_cache:
                 self._count_cache.move_to_end(text)
                 return self._count_cache[text]
-        data = self.transport.request_json(
+        data = self.fleet.request_json(
             "POST", "/tokenize", {"model": self.name, "prompt": text, "add_special_tokens": True}
         )
         count = data.get("count") if isinstance(data, dict) else None
@@ -332,13 +368,13 @@ class RemoteBackend(Backend):
             ids = self._tokenizer.ids(text, add_special_tokens=False)
             return self._tokenizer.decode(ids[n_tokens:], clean_up_tokenization_spaces=False)
         if mode == "server":
-            data = self.transport.request_json(
+            data = self.fleet.request_json(
                 "POST", "/tokenize", {"model": self.name, "prompt": text, "add_special_tokens": False}
             )
             tokens = data.get("tokens") if isinstance(data, dict) else None
             if isinstance(tokens, list):
                 try:
-                    out = self.transport.request_json(
+                    out = self.fleet.request_json(
                         "POST", "/detokenize", {"model": self.name, "tokens": tokens[n_tokens:]}
                     )
                 except BackendError as exc:
@@ -360,7 +396,7 @@ class RemoteBackend(Backend):
                 f"Cannot decode: {self.base_url} did not return token ids. Pass tokenizer=, or "
                 "backend_options={'return_token_ids': True} for a server that returns them."
             )
-        data = self.transport.request_json("POST", "/detokenize", {"model": self.name, "tokens": ids})
+        data = self.fleet.request_json("POST", "/detokenize", {"model": self.name, "tokens": ids})
         if not isinstance(data, dict) or not isinstance(data.get("prompt"), str):
             raise BackendError(f"{self.base_url}/detokenize answered without a 'prompt' string: {short_text(data)}")
         return data["prompt"].strip()
@@ -425,7 +461,8 @@ class RemoteBackend(Backend):
     def _complete(self, prompt: str, params: GenerationParams, stop: StopSignal | None = None) -> GenerationOutput:
         if stop is not None and stop.is_set():
             raise BackendError("Not sent: every caller of this batch has gone.")
-        data = self.transport.request_json("POST", "/v1/completions", self.request_body(prompt, params, stream=False))
+        body = self.request_body(prompt, params, stream=False)
+        data = self.fleet.call(lambda transport: transport.request_json("POST", "/v1/completions", body))
         choices = data.get("choices") if isinstance(data, dict) else None
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise BackendError(f"{self.base_url}/v1/completions answered without choices: {short_text(data)}")
@@ -462,14 +499,16 @@ class RemoteBackend(Backend):
         ids: list[int] = []
         got_ids = False
         httpx = self.transport.httpx
-        with self.transport.slot():
-            response = self.transport.send("POST", "/v1/completions", body, stream=True)
+        server = self.base_url
+        with self.fleet.lease() as transport, transport.slot():
+            server = transport.base_url
+            response = transport.send("POST", "/v1/completions", body, stream=True)
             try:
                 for event in sse_events(response):
                     if isinstance(event.get("error"), (dict, str)):
                         raise BackendError(
-                            f"{self.base_url}/v1/completions failed mid-stream: {error_message(event)}",
-                            url=self.base_url + "/v1/completions",
+                            f"{server}/v1/completions failed mid-stream: {error_message(event)}",
+                            url=server + "/v1/completions",
                         )
                     if event.get("usage"):
                         usage = event["usage"]
@@ -486,22 +525,21 @@ class RemoteBackend(Backend):
                         yield piece
             except httpx.TimeoutException as exc:
                 raise BackendTimeoutError(
-                    f"{self.base_url}/v1/completions sent no new piece for {self.timeout} s "
+                    f"{server}/v1/completions sent no new piece for {self.timeout} s "
                     f"({type(exc).__name__}); raise timeout= or check the server's load.",
-                    url=self.base_url,
+                    url=server,
                 ) from exc
             except httpx.TransportError as exc:
                 raise BackendError(
-                    f"The stream from {self.base_url}/v1/completions broke: {type(exc).__name__}: {exc}",
-                    url=self.base_url,
+                    f"The stream from {server}/v1/completions broke: {type(exc).__name__}: {exc}",
+                    url=server,
                 ) from exc
             finally:
                 response.close()
         if finish is None:
             raise BackendError(
-                f"The stream from {self.base_url}/v1/completions ended without a finish_reason "
-                "(the server closed it early).",
-                url=self.base_url,
+                f"The stream from {server}/v1/completions ended without a finish_reason (the server closed it early).",
+                url=server,
             )
         output = self._output(prompt, raw, finish, stop_reason, usage, ids if got_ids else None)
         if output.text.startswith(emitted) and len(output.text) > len(emitted):
@@ -556,7 +594,7 @@ class RemoteBackend(Backend):
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None
-        self.transport.close()
+        self.fleet.close()
 
     def __enter__(self) -> RemoteBackend:
         return self
@@ -566,7 +604,15 @@ class RemoteBackend(Backend):
 
     def __repr__(self) -> str:
         key = "***" if self.transport.has_api_key else None
-        return f"RemoteBackend(base_url={self.base_url!r}, model={self._model!r}, api_key={key!r})"
+        urls = self.fleet.urls
+        where = repr(urls[0]) if len(urls) == 1 else repr(urls)
+        return f"RemoteBackend(base_url={where}, model={self._model!r}, api_key={key!r})"
+
+
+def _server_root(url: str) -> str:
+    """A server URL without trailing slashes and ``/v1``: the root the API paths are appended to."""
+    root = url.strip().rstrip("/")
+    return root[: -len("/v1")] if root.endswith("/v1") else root
 
 
 def _stop_reason(choice: dict[str, Any]) -> Any:
