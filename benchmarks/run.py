@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import demo_quality, gpu, results, serving_load, soak, speed
+from benchmarks import demo_quality, gpu, results, scale, serving_load, soak, speed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
             or serving_load.main([])
             or soak.main([])
             or demo_quality.main([])
+            or scale.main([])
             or (gpu.main([]) if torch.cuda.is_available() else 0)
         )
 

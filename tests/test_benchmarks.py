@@ -69,10 +69,24 @@ def test_demo_quality_benchmark_quick_run(capsys: pytest.CaptureFixture[str]) ->
     assert RESULTS.read_text(encoding="utf-8") == before
 
 
+@pytest.mark.slow
+def test_scale_benchmark_runs_every_path_and_checks_the_corrections(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import scale
+
+    before = RESULTS.read_text(encoding="utf-8")
+    assert scale.main(["--rows", "12", "--no-write"]) == 0  # 1 would mean a path changed a correction
+    out = capsys.readouterr().out
+    paths = ["single process", "--server x1", "--server x2"] + (["ray, 2 actors"] if scale.have_ray() else [])
+    for path in paths:
+        assert f"| {path} | " in out
+    assert out.count("yes, every row") == len(paths) - 1 and "**NO**" not in out
+    assert RESULTS.read_text(encoding="utf-8") == before
+
+
 def test_make_bench_writes_a_new_results_file_unless_asked_to_update(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from benchmarks import demo_quality, results, run, serving_load, soak
+    from benchmarks import demo_quality, results, run, scale, serving_load, soak
     from benchmarks.results import TARGET_ENV, write_section
 
     def fake(title: str):
@@ -82,7 +96,7 @@ def test_make_bench_writes_a_new_results_file_unless_asked_to_update(
 
         return main
 
-    for module in (speed, serving_load, soak, demo_quality, gpu):
+    for module in (speed, serving_load, soak, demo_quality, scale, gpu):
         monkeypatch.setattr(module, "main", fake(module.__name__.split(".")[-1]))
     monkeypatch.delenv(TARGET_ENV, raising=False)
     before = RESULTS.read_text(encoding="utf-8")

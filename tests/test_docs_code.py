@@ -122,6 +122,8 @@ def _commands(block: Block) -> list[list[str]]:
         words = shlex.split(line, comments=True)
         while words and re.fullmatch(r"\w+=\S*", words[0]):  # VAR=value prefixes
             words.pop(0)
+        while words and words[-1] in ("&", ";"):  # run in the background, or ended with a semicolon
+            words.pop()
         if words and words[0] == "aligner-chains":
             commands.append(words[1:])
     return commands
