@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from aligner_chains.cli.options import add_model_options, load_aligner, model_name
+from aligner_chains.core.segmented import DEFAULT_STREAM_MODE, STREAM_MODES
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -61,6 +62,14 @@ def add_cli(subparsers: Any) -> None:
         help="do not serve the browser playground page at /playground (served by default; it needs no key to load, "
         "the API it calls does)",
     )
+    serve.add_argument(
+        "--stream-mode",
+        choices=STREAM_MODES,
+        default=DEFAULT_STREAM_MODE,
+        help="how a streamed /v1/corrections is corrected when the request does not say: 'whole' (one generation "
+        "over the answer) or 'segments' (segment by segment, each sent once corrected; a refusal ends the stream) "
+        f"(default: {DEFAULT_STREAM_MODE})",
+    )
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(func=cmd_serve)
 
@@ -84,6 +93,7 @@ def build_app(args: argparse.Namespace) -> Any:
         cors_allow_origins=args.cors_origin,
         allowed_hosts=args.allowed_host,
         playground=args.playground,
+        stream_mode=args.stream_mode,
     )
     return create_app(load_aligner(args), config)
 

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import functools
 import queue
+import re
 import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
@@ -46,6 +48,7 @@ __all__ = [
     "aiter_segmented",
     "check_stream_mode",
     "iter_segmented",
+    "stream_segmenter",
 ]
 
 Replacement = Literal["end", "continue"]
@@ -69,6 +72,8 @@ def check_stream_mode(mode: Any) -> StreamMode:
 #: Segments end at the first boundary after this many characters: measured on real answers (RESULTS.md,
 #: "Streaming"), longer segments agree more often with the whole-answer correction, shorter ones start sooner.
 DEFAULT_MIN_CHARS = 300
+#: The first segment ends sooner (at most this many characters before its boundary), so the stream starts early.
+FIRST_MIN_CHARS = 150
 #: Below this share of the segment kept (difflib ratio), a segment's correction is a replacement.
 KEPT_RATIO = 0.5
 
@@ -103,7 +108,8 @@ class SegmentCorrector:
         self.segments += 1
         text = segment.strip()
         content_end = len(segment.rstrip())
-        separator, self.separator = self.separator, segment[content_end:]
+        separator = self._separator(fallback=self.separator)
+        self.separator = segment[content_end:]
         if not text:
             return ""
         try:
@@ -122,6 +128,21 @@ class SegmentCorrector:
         if not kept and self.replacement == "end":
             self.ended = True
         return piece
+
+    def _separator(self, fallback: str) -> str:
+        """The whitespace the next correction starts after: the upstream's, where the text shown so far ends.
+
+        Found by aligning what was shown with the upstream text (the end of the last run they share), so a
+        correction that stopped short of its segment (at a line end, say) resumes after the right newline;
+        when they do not line up at the end (a rewrite), the whitespace that ended the last segment.
+        """
+        if not self.shown:
+            return ""
+        blocks = difflib.SequenceMatcher(None, self.answer, self.shown, autojunk=False).get_matching_blocks()
+        ends = [a + size for a, b, size in blocks if size and b + size == len(self.shown)]
+        if not ends:
+            return fallback
+        return re.match(r"\s*", self.answer[ends[-1] :]).group(0)  # type: ignore[union-attr]
 
     def _generate(self, text: str, separator: str, stop: threading.Event | None) -> tuple[str, bool]:
         """The correction of the segment ``text`` and whether it kept most of it (an edit, not a replacement)."""
@@ -154,8 +175,28 @@ class SegmentCorrector:
         self.prompt_tokens = max(self.prompt_tokens, n_prompt)
         self.completion_tokens += len(out.token_ids)
         self.finish_reason = out.finish_reason
-        kept = difflib.SequenceMatcher(None, out.text, text, autojunk=False).ratio() >= KEPT_RATIO
-        return out.text, kept
+        corrected = self._without_scaffolding(out.text, answer)
+        kept = difflib.SequenceMatcher(None, corrected, text, autojunk=False).ratio() >= KEPT_RATIO
+        return corrected, kept
+
+    def _without_scaffolding(self, text: str, answer: str) -> str:
+        """``text`` cut where the prompt's own markers begin (``##Correction:``, ...), unless the answer has them.
+
+        A continuation that writes the template's scaffolding has run past the end of its correction (a small
+        model's habit when its answer ends mid-stream); what follows is not a correction of anything.
+        """
+        cut = len(text)
+        for marker in self._markers:
+            if marker not in answer and (found := text.find(marker)) >= 0:
+                cut = min(cut, found)
+        return text[:cut].rstrip()
+
+    @functools.cached_property
+    def _markers(self) -> list[str]:
+        """Words of the template around the placeholders that look like markers (``##Answer:``, ``USER:``)."""
+        _, _, middle, _, tail = self.aligner.template.render_split("", "")
+        words = (middle + " " + tail).split()
+        return [w for w in words if len(w) >= 4 and (w.endswith(":") or w.startswith("#"))]
 
     def result(self) -> Correction:
         """The whole segment-wise correction, as `Aligner.correct` would report it."""
@@ -193,6 +234,11 @@ class SegmentCorrector:
 _DONE = object()
 
 
+def stream_segmenter(min_chars: int = DEFAULT_MIN_CHARS) -> Segmenter:
+    """The `Segmenter` segment-wise correction cuts a stream with: ``min_chars``, the first segment sooner."""
+    return Segmenter(min_chars, min(min_chars, FIRST_MIN_CHARS))
+
+
 def iter_segmented(
     aligner: Aligner,
     question: str,
@@ -213,7 +259,7 @@ def iter_segmented(
     stop = threading.Event()
 
     def read() -> None:
-        segmenter = Segmenter(min_chars)
+        segmenter = stream_segmenter(min_chars)
         iterator = iter(pieces)
         try:
             for piece in iterator:
@@ -264,7 +310,7 @@ async def aiter_segmented(
     stop = threading.Event()
 
     async def read() -> None:
-        segmenter = Segmenter(min_chars)
+        segmenter = stream_segmenter(min_chars)
         try:
             async for piece in pieces:
                 for segment in segmenter.feed(piece):

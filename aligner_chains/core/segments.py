@@ -4,8 +4,9 @@ A segment ends at a natural boundary: a blank line (paragraph), a line end (list
 rows), or a sentence end (``.``, ``!`` or ``?`` followed by whitespace). Never inside a code block
 (between ``` fences), and never inside a URL, an e-mail address or a number: their dots are not followed
 by whitespace, and a list marker (``1. ``) or a common abbreviation (``e.g. ``) is not a sentence end.
-A boundary is taken only once the segment holds ``min_chars`` characters, so short sentences travel
-together. Segments keep every character: joined, they give the answer back exactly.
+A boundary is taken only once the segment holds ``min_chars`` characters (``first_min_chars`` for the
+first one, so a stream can start early), so short sentences travel together. Segments keep every
+character: joined, they give the answer back exactly.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ class Segmenter:
     """Incremental: `feed` text pieces as they stream in, get back the segments they complete; `finish`
     returns the rest. A boundary is only decided once the whitespace after it has arrived."""
 
-    def __init__(self, min_chars: int = 80) -> None:
-        if not isinstance(min_chars, int) or min_chars < 1:
-            raise ValueError(f"min_chars={min_chars!r}: use a whole number of characters >= 1.")
-        self.min_chars = min_chars
+    def __init__(self, min_chars: int = 80, first_min_chars: int | None = None) -> None:
+        for label, value in (("min_chars", min_chars), ("first_min_chars", first_min_chars)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{label}={value!r}: use a whole number of characters >= 1.")
+        self.min_chars = first_min_chars if first_min_chars is not None else min_chars
+        self._later_min_chars = min_chars
         self._pending = ""  # text not yet cut into a segment; never starts inside a code block
 
     def feed(self, piece: str) -> list[str]:
@@ -43,6 +46,7 @@ class Segmenter:
         while (cut := self._boundary()) is not None:
             out.append(self._pending[:cut])
             self._pending = self._pending[cut:]
+            self.min_chars = self._later_min_chars
         return out
 
     def finish(self) -> str:
@@ -101,17 +105,17 @@ def _whitespace_end(text: str, index: int) -> int | None:
     return None if end == len(text) else end
 
 
-def split_segments(text: str, min_chars: int = 80) -> list[str]:
+def split_segments(text: str, min_chars: int = 80, first_min_chars: int | None = None) -> list[str]:
     """``text`` cut as `Segmenter` cuts it when it arrives in one piece (the pieces join back to ``text``)."""
-    segmenter = Segmenter(min_chars)
+    segmenter = Segmenter(min_chars, first_min_chars)
     segments = segmenter.feed(text)
     rest = segmenter.finish()
     return [*segments, rest] if rest else segments
 
 
-def iter_segments(pieces: Iterable[str], min_chars: int = 80) -> Iterator[str]:
+def iter_segments(pieces: Iterable[str], min_chars: int = 80, first_min_chars: int | None = None) -> Iterator[str]:
     """The segments of a stream of pieces, each as soon as it is complete."""
-    segmenter = Segmenter(min_chars)
+    segmenter = Segmenter(min_chars, first_min_chars)
     for piece in pieces:
         yield from segmenter.feed(piece)
     rest = segmenter.finish()

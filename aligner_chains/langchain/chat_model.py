@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,13 +18,15 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
 from langchain_core.tools import BaseTool
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from aligner_chains.core import Aligner
 from aligner_chains.core.options import check_options, field_names
+from aligner_chains.core.segmented import DEFAULT_MIN_CHARS, DEFAULT_STREAM_MODE, StreamMode, check_stream_mode
 from aligner_chains.langchain.messages import last_human_text
 from aligner_chains.langchain.question import QUESTION_METADATA_KEY
 from aligner_chains.langchain.runnable import AlignerRunnable
+from aligner_chains.langchain.segment_stream import UpstreamStopped, astop_stream, stop_stream
 
 __all__ = ["AlignedChatModel"]
 
@@ -62,9 +64,24 @@ def _child_callbacks(run_manager: Any) -> Any:
     return manager
 
 
-async def _amap(func: Callable[[Any], Any], items: AsyncIterable[Any]) -> AsyncIterator[Any]:
-    async for item in items:
-        yield func(item)
+def _ai_chunks(stream: Iterator[Any]) -> Iterator[AIMessageChunk]:
+    """The upstream's stream as message chunks; a stop thrown in (`UpstreamStopped`) goes on to the stream."""
+    try:
+        for chunk in stream:
+            yield _as_ai_chunk(chunk)
+    except UpstreamStopped:
+        stop_stream(stream)
+        raise
+
+
+async def _aai_chunks(stream: AsyncIterator[Any]) -> AsyncIterator[AIMessageChunk]:
+    """Async `_ai_chunks`."""
+    try:
+        async for chunk in stream:
+            yield _as_ai_chunk(chunk)
+    except UpstreamStopped:
+        await astop_stream(stream)
+        raise
 
 
 def _result(message: BaseMessage) -> ChatResult:
@@ -88,6 +105,11 @@ def _chat_model_of(llm: Runnable[Any, Any]) -> BaseChatModel | None:
 
 
 _UPSTREAM_PARAMS = {"timeout", "max_retries", "api_key"}
+_STREAM_FIELDS = ("stream_mode", "segment_min_chars")
+
+#: Tag of the upstream model's runs: LangGraph's ``stream_mode="messages"`` leaves out chat-model runs tagged
+#: so, and the upstream's tokens are uncorrected (the corrected ones are this model's own).
+NOSTREAM_TAG = "nostream"
 
 
 class AlignedChatModel(BaseChatModel):
@@ -102,6 +124,10 @@ class AlignedChatModel(BaseChatModel):
     ``0`` is greedy); ``stop`` is passed to the upstream model; ``streaming=True`` makes ``invoke``
     use the streaming path. ``timeout``, ``max_retries`` and ``api_key`` are accepted (LangChain's standard
     parameters) and ignored: set them on the upstream model. Any other unknown keyword raises `ConfigError`.
+
+    ``stream_mode`` and ``segment_min_chars`` set the aligner's (see `AlignerRunnable`); not given, they are
+    the aligner's. The upstream model's runs are tagged ``"nostream"``, so that in a LangGraph graph streamed
+    with ``stream_mode="messages"`` only the corrected reply streams, not the upstream's uncorrected tokens.
     """
 
     llm: Runnable[LanguageModelInput, BaseMessage]
@@ -115,6 +141,10 @@ class AlignedChatModel(BaseChatModel):
     temperature: float | None = None
     stop: list[str] | None = None
     streaming: bool = False
+    stream_mode: StreamMode = DEFAULT_STREAM_MODE
+    """``"whole"`` or ``"segments"``: how streamed replies are corrected (`AlignerRunnable.stream_mode`)."""
+    segment_min_chars: int = Field(default=DEFAULT_MIN_CHARS, ge=1)
+    """With ``stream_mode="segments"``: the shortest segment (`AlignerRunnable.segment_min_chars`)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -122,6 +152,8 @@ class AlignedChatModel(BaseChatModel):
         # BaseChatModel ignores unknown keywords: a typo (``max_tokns=``) would silently do nothing. LangChain's
         # standard timeout/max_retries/api_key belong to the upstream model: accepted, and left to it.
         check_options(kwargs, field_names(type(self)) | _UPSTREAM_PARAMS, type(self).__name__)
+        if "stream_mode" in kwargs:
+            check_stream_mode(kwargs["stream_mode"])
         super().__init__(**kwargs)
 
     @field_validator("aligner", mode="before")
@@ -134,6 +166,16 @@ class AlignedChatModel(BaseChatModel):
         raise TypeError(
             f"aligner must be an AlignerRunnable, an Aligner, a model path/hub id or None, got {type(value).__name__}"
         )
+
+    @model_validator(mode="after")
+    def _stream_settings(self) -> AlignedChatModel:
+        """Stream settings given here go to the aligner; the others are read from it."""
+        given = {name: getattr(self, name) for name in _STREAM_FIELDS if name in self.model_fields_set}
+        if any(getattr(self.aligner, name) != value for name, value in given.items()):
+            self.aligner = self.aligner.with_options(**given)
+        for name in _STREAM_FIELDS:
+            self.__dict__[name] = getattr(self.aligner, name)
+        return self
 
     @property
     def _llm_type(self) -> str:
@@ -195,11 +237,19 @@ class AlignedChatModel(BaseChatModel):
         if question is not None:
             aligner_config["metadata"] = {QUESTION_METADATA_KEY: question}
         return _Calls(
-            upstream_config={"callbacks": callbacks},
+            upstream_config={"callbacks": callbacks, "tags": [NOSTREAM_TAG]},
             upstream_kwargs={**kwargs, "stop": stop} if stop else dict(kwargs),
             aligner_config=aligner_config,
             generation=self._generation(),
         )
+
+    def _corrected(self, upstream: Iterator[AIMessageChunk], calls: _Calls) -> Iterator[AIMessageChunk]:
+        """The corrected chunks of a streamed reply."""
+        return self.aligner.transform(upstream, calls.aligner_config, **calls.generation)
+
+    def _acorrected(self, upstream: AsyncIterator[AIMessageChunk], calls: _Calls) -> AsyncIterator[AIMessageChunk]:
+        """Async `_corrected`."""
+        return self.aligner.atransform(upstream, calls.aligner_config, **calls.generation)
 
     # ----------------------------------------------------------------- generation
 
@@ -237,8 +287,8 @@ class AlignedChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         calls = self._calls(messages, stop, run_manager, kwargs)
-        upstream = map(_as_ai_chunk, self.llm.stream(messages, calls.upstream_config, **calls.upstream_kwargs))
-        for chunk in self.aligner.transform(upstream, calls.aligner_config, **calls.generation):
+        upstream = _ai_chunks(self.llm.stream(messages, calls.upstream_config, **calls.upstream_kwargs))
+        for chunk in self._corrected(upstream, calls):
             generation = ChatGenerationChunk(message=chunk)
             if run_manager:
                 run_manager.on_llm_new_token(chunk.text, chunk=generation)
@@ -252,8 +302,8 @@ class AlignedChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         calls = self._calls(messages, stop, run_manager, kwargs)
-        upstream = _amap(_as_ai_chunk, self.llm.astream(messages, calls.upstream_config, **calls.upstream_kwargs))
-        async for chunk in self.aligner.atransform(upstream, calls.aligner_config, **calls.generation):
+        upstream = _aai_chunks(self.llm.astream(messages, calls.upstream_config, **calls.upstream_kwargs))
+        async for chunk in self._acorrected(upstream, calls):
             generation = ChatGenerationChunk(message=chunk)
             if run_manager:
                 await run_manager.on_llm_new_token(chunk.text, chunk=generation)

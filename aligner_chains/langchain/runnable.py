@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
@@ -21,7 +21,7 @@ from langchain_core.callbacks import (
     adispatch_custom_event,
     dispatch_custom_event,
 )
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import patch_config
 from pydantic import ConfigDict, Field, PrivateAttr
@@ -30,13 +30,23 @@ from aligner_chains.core import LOADING_OPTIONS, Aligner, default_model, resolve
 from aligner_chains.core.errors import MissingQuestionError
 from aligner_chains.core.options import TokenizerMode, check_options, field_names
 from aligner_chains.core.result import Correction
+from aligner_chains.core.segmented import DEFAULT_MIN_CHARS, DEFAULT_STREAM_MODE, StreamMode, check_stream_mode
 from aligner_chains.core.templates import Template
+from aligner_chains.langchain.messages import is_tool_call_only, message_text
 from aligner_chains.langchain.question import DEFAULT_QUESTION_KEYS, QUESTION_METADATA_KEY, extract_question, recorder
+from aligner_chains.langchain.segment_stream import (
+    AsyncUpstream,
+    SegmentFeed,
+    ToolTurn,
+    Upstream,
+    is_streamed_chunk,
+)
 from aligner_chains.langchain.traced import TracedRunnableMixin, aiter_values
 from aligner_chains.langchain.translation import (
     ParsedInput,
     StreamOutput,
     acollect_chunks,
+    add_chunk,
     build_output,
     collect_chunks,
     diff_payload,
@@ -97,6 +107,25 @@ class _Unloaded:
     def aiter_correction(self, question: str, answer: str, **_: Any) -> AsyncIterator[str | Correction]:
         return aiter_values(*self.iter_correction(question, answer))
 
+    def _segments_failed(self, question: str, answer: str) -> Correction:
+        return self._failed(question, answer).model_copy(update={"stats": {"stream_mode": "segments"}})
+
+    def iter_segments(self, question: str, pieces: Iterable[str], **_: Any) -> Iterator[str | Correction]:
+        answer = ""
+        for piece in pieces:  # each piece as it streams in, unchanged
+            answer += piece
+            yield piece
+        yield self._segments_failed(question, answer)
+
+    async def aiter_segments(
+        self, question: str, pieces: AsyncIterable[str], **_: Any
+    ) -> AsyncIterator[str | Correction]:
+        answer = ""
+        async for piece in pieces:
+            answer += piece
+            yield piece
+        yield self._segments_failed(question, answer)
+
 
 @dataclass
 class _Batch:
@@ -140,7 +169,8 @@ class AlignerRunnable(TracedRunnableMixin, RunnableSerializable[AlignerInput, Al
 
     ``invoke``/``ainvoke`` take per-call generation settings as keyword arguments; ``batch``/``abatch``
     correct with one padded generation per ``batch_size`` (capped by ``max_concurrency``);
-    ``stream``/``transform`` read the whole upstream answer, then stream the correction as it is generated.
+    ``stream``/``transform`` read the whole upstream answer, then stream the correction as it is generated
+    (``stream_mode="whole"``), or correct each segment as soon as the upstream has written it (``"segments"``).
 
     Weights load lazily on first use through the core's shared model cache, so copies made by
     ``configurable_fields``/``configurable_alternatives`` or ``with_config`` do not load them again.
@@ -175,6 +205,16 @@ class AlignerRunnable(TracedRunnableMixin, RunnableSerializable[AlignerInput, Al
     answer_key: str = "answer"
     batch_size: int = Field(default=16, ge=1)
     """Pairs per padded generation in ``batch``/``abatch`` (also capped by ``max_concurrency``)."""
+    stream_mode: StreamMode = DEFAULT_STREAM_MODE
+    """How ``stream``/``transform`` correct a streamed upstream answer.
+
+    ``"whole"``: read the whole answer, then stream its correction as it is generated. ``"segments"``: correct
+    each segment (a paragraph, line or sentences of at least ``segment_min_chars`` characters) as soon as the
+    upstream has written it, so the output trails the upstream by about one segment; a refusal ends the stream
+    and stops the upstream (`aligner_chains.core.segmented`). ``invoke``/``batch`` are the same in both.
+    """
+    segment_min_chars: int = Field(default=DEFAULT_MIN_CHARS, ge=1)
+    """With ``stream_mode="segments"``: a segment ends at the first boundary after this many characters."""
     name: str | None = "Aligner"
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", ignored_types=(_HybridMethod,))
@@ -184,6 +224,8 @@ class AlignerRunnable(TracedRunnableMixin, RunnableSerializable[AlignerInput, Al
 
     def __init__(self, model: str | Aligner | None = None, **kwargs: Any) -> None:
         check_options(kwargs, field_names(type(self)), type(self).__name__, _OPTIONS_HINT)
+        if "stream_mode" in kwargs:
+            check_stream_mode(kwargs["stream_mode"])
         super().__init__(model=model, **kwargs)
 
     # ----------------------------------------------------------------- configuration
@@ -297,6 +339,38 @@ class AlignerRunnable(TracedRunnableMixin, RunnableSerializable[AlignerInput, Al
         """The output of a stream whose input added up to ``value`` (None: the input stream was empty)."""
         return StreamOutput(None if value is None else self._prepare(value, run_manager, config), self.answer_key)
 
+    def _open_segments(self, first: str | AIMessageChunk, run_manager: Any, config: RunnableConfig) -> StreamOutput:
+        """The output of a segment-wise stream that began with ``first``; the question is found now, once the
+        upstream run has started (the rest of the answer is not known yet)."""
+        if isinstance(first, str):
+            item = ParsedInput("str", first, first, first)
+        else:
+            item = ParsedInput("message", first, first, message_text(first))
+        item.question = self._resolve_question(item, run_manager, config)
+        return StreamOutput(item, self.answer_key)
+
+    def _segments_options(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        return {"min_chars": self.segment_min_chars, "on_error": self.on_error, **self._generation(overrides)}
+
+    @staticmethod
+    def _close_segments(output: StreamOutput, feed: SegmentFeed) -> list[Any]:
+        """The closing chunks of a segment-wise stream: as for a whole answer, now that the upstream is known
+        (what it streamed; only its start if a refusal ended it); a tool-call-only message passes through."""
+        item = output.item
+        assert item is not None
+        item.value = item.answer_value = feed.total
+        item.answer = output.correction.original if output.correction is not None else ""
+        if item.kind == "message" and is_tool_call_only(feed.total):
+            item.passthrough = True
+            output.correction = None
+        return output.close()
+
+    @staticmethod
+    def _piece_chunks(output: StreamOutput, feed: SegmentFeed, piece: str | Correction) -> list[Any]:
+        if output.item is not None and output.item.kind == "message":
+            output.item.answer_value = feed.total  # chunks take the id and content form of the message so far
+        return output.feed(piece)
+
     # ----------------------------------------------------------------- sync
 
     def _correct(self, batch: _Batch, overrides: dict[str, Any]) -> list[Correction | Exception]:
@@ -344,6 +418,74 @@ class AlignerRunnable(TracedRunnableMixin, RunnableSerializable[AlignerInput, Al
             yield from output.feed(piece)
         yield from output.close()
         self._emit(output.correction, config)
+
+    def transform(
+        self, input: Iterator[AlignerInput], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[AlignerOutput]:
+        """Stream the correction of a streamed input, as ``stream_mode`` says (``stream`` is this on one input)."""
+        if self.stream_mode == "segments":
+            return self.transform_segments(input, config, **kwargs)
+        return super().transform(input, config, **kwargs)
+
+    def transform_segments(
+        self,
+        input: Iterator[AlignerInput],
+        config: RunnableConfig | None = None,
+        *,
+        on_tool_turn: Callable[[AIMessageChunk], None] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[AlignerOutput]:
+        """`transform` with ``stream_mode="segments"``, whatever the field says.
+
+        A stream of strings or message chunks is corrected segment by segment while it streams; a stream of
+        whole values (dicts, messages) is corrected as a whole, having nothing to stream. ``on_tool_turn``
+        (for agents): a message that calls tools is left untouched from its first tool call on (its chunks
+        pass through as they come), and ``on_tool_turn`` receives it, all its chunks added up.
+        """
+        upstream = Upstream(input)
+        step = functools.partial(self._transform_segments, upstream, on_tool_turn)
+        yield from self._transform_stream_with_config(upstream.traced(), step, config, **kwargs)
+
+    def _transform_segments(
+        self,
+        upstream: Upstream,
+        on_tool_turn: Callable[[AIMessageChunk], None] | None,
+        chunks: Iterator[AlignerInput],
+        run_manager: CallbackManagerForChainRun,
+        config: RunnableConfig,
+        **kwargs: Any,
+    ) -> Iterator[AlignerOutput]:
+        del chunks  # LangChain's copy of the input: the correction reads ``upstream`` itself
+        feed = SegmentFeed(upstream, min_chars=self.segment_min_chars, untouched_tool_turns=on_tool_turn is not None)
+        owner = True  # whether this thread may stop the upstream: not once the correction's worker reads it
+        try:
+            first = upstream.read[0] if upstream.read else None
+            if not is_streamed_chunk(first):  # whole values (or nothing): nothing to stream
+                yield from self._transform(upstream.rest(), run_manager, config, **kwargs)
+                return
+            output = self._open_segments(first, run_manager, config)
+            items = self._loaded().iter_segments(output.pair[0], feed.pieces(), **self._segments_options(kwargs))
+            owner = False
+            try:
+                for piece in items:
+                    yield from self._piece_chunks(output, feed, piece)
+            except ToolTurn as turn:  # the worker has stopped reading: the rest passes through from here
+                owner = True
+                yield from output.feed(turn.rest)
+                yield turn.chunk
+                for chunk in upstream.rest():
+                    feed.total = add_chunk(feed.total, chunk)
+                    yield chunk
+                assert on_tool_turn is not None
+                on_tool_turn(feed.total)
+                return
+            finally:
+                items.close()
+            yield from self._close_segments(output, feed)
+            self._emit(output.correction, config)
+        finally:
+            if owner or not feed.started:
+                upstream.stop()
 
     # ----------------------------------------------------------------- async: the same steps, awaited
 
@@ -397,6 +539,79 @@ class AlignerRunnable(TracedRunnableMixin, RunnableSerializable[AlignerInput, Al
         for chunk in output.close():
             yield chunk
         await self._aemit(output.correction, config)
+
+    def atransform(
+        self, input: AsyncIterator[AlignerInput], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[AlignerOutput]:
+        """Async `transform`."""
+        if self.stream_mode == "segments":
+            return self.atransform_segments(input, config, **kwargs)
+        return super().atransform(input, config, **kwargs)
+
+    async def atransform_segments(
+        self,
+        input: AsyncIterator[AlignerInput],
+        config: RunnableConfig | None = None,
+        *,
+        on_tool_turn: Callable[[AIMessageChunk], None] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[AlignerOutput]:
+        """Async `transform_segments`."""
+        upstream = AsyncUpstream(input)
+        step = functools.partial(self._atransform_segments, upstream, on_tool_turn)
+        chunks = self._atransform_stream_with_config(upstream.traced(), step, config, **kwargs)
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            await chunks.aclose()  # at once: a consumer that left stops the upstream and the Aligner now
+
+    async def _atransform_segments(
+        self,
+        upstream: AsyncUpstream,
+        on_tool_turn: Callable[[AIMessageChunk], None] | None,
+        chunks: AsyncIterator[AlignerInput],
+        run_manager: AsyncCallbackManagerForChainRun,
+        config: RunnableConfig,
+        **kwargs: Any,
+    ) -> AsyncIterator[AlignerOutput]:
+        del chunks  # LangChain's copy of the input: the correction reads ``upstream`` itself
+        feed = SegmentFeed(upstream, min_chars=self.segment_min_chars, untouched_tool_turns=on_tool_turn is not None)
+        owner = True  # whether this task may stop the upstream: not once the correction's reader task reads it
+        try:
+            first = upstream.read[0] if upstream.read else None
+            if not is_streamed_chunk(first):  # whole values (or nothing): nothing to stream
+                async for chunk in self._atransform(upstream.rest(), run_manager, config, **kwargs):
+                    yield chunk
+                return
+            output = self._open_segments(first, run_manager, config)
+            items = (await self._aloaded()).aiter_segments(
+                output.pair[0], feed.apieces(), **self._segments_options(kwargs)
+            )
+            owner = False
+            try:
+                async for piece in items:
+                    for chunk in self._piece_chunks(output, feed, piece):
+                        yield chunk
+            except ToolTurn as turn:  # the reader task has stopped: the rest passes through from here
+                owner = True
+                for chunk in output.feed(turn.rest):
+                    yield chunk
+                yield turn.chunk
+                async for chunk in upstream.rest():
+                    feed.total = add_chunk(feed.total, chunk)
+                    yield chunk
+                assert on_tool_turn is not None
+                on_tool_turn(feed.total)
+                return
+            finally:
+                await items.aclose()
+            for chunk in self._close_segments(output, feed):
+                yield chunk
+            await self._aemit(output.correction, config)
+        finally:
+            if owner or not feed.started:
+                await upstream.astop()
 
 
 class AlignedChain(TracedRunnableMixin, RunnableSerializable[Any, Any]):

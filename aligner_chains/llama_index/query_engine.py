@@ -14,6 +14,7 @@ from llama_index.core.prompts.mixin import PromptMixinType
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from aligner_chains.core import Aligner
+from aligner_chains.core.segmented import DEFAULT_STREAM_MODE, StreamMode, check_stream_mode
 from aligner_chains.llama_index.lazy import LazyAligner
 from aligner_chains.llama_index.responses import acorrect_response, correct_response
 
@@ -30,9 +31,12 @@ class AlignerQueryEngine(BaseQueryEngine):
     metadata, and adds ``metadata["aligner"] = Correction.summary()``.
 
     - Streaming engines: the result is a `StreamingResponse` (or `AsyncStreamingResponse` from
-      ``aquery``) whose generator yields the corrected text as the Aligner writes it. The upstream
-      answer is read in full first (an Aligner needs the whole answer); ``metadata["aligner"]`` is
-      filled when the stream ends.
+      ``aquery``) whose generator yields the corrected text; ``metadata["aligner"]`` is filled when
+      the stream ends. ``stream_mode="whole"`` reads the upstream answer in full first, then yields
+      the correction as the Aligner writes it; ``"segments"`` corrects each segment (paragraph,
+      sentence) as soon as the upstream has written it, so the stream trails the upstream by about
+      one segment, and stops reading the upstream when a refusal replaces the answer or the consumer
+      stops (see `aligner_chains.core.segmented`). The default is ``DEFAULT_STREAM_MODE``.
     - ``aquery`` awaits the wrapped engine's ``aquery`` and corrects in a worker thread.
     - The engine keeps no per-query state: many queries may run at once, from threads or tasks.
     - ``on_error="passthrough"``: a failed correction returns the upstream answer unchanged with
@@ -59,6 +63,7 @@ class AlignerQueryEngine(BaseQueryEngine):
         on_error: Literal["raise", "passthrough"] | None = None,
         max_new_tokens: int | None = None,
         generation_kwargs: dict[str, Any] | None = None,
+        stream_mode: StreamMode = DEFAULT_STREAM_MODE,
         callback_manager: CallbackManager | None = None,
         **aligner_kwargs: Any,
     ) -> None:
@@ -68,6 +73,7 @@ class AlignerQueryEngine(BaseQueryEngine):
                 "e.g. index.as_query_engine(llm=...)."
             )
         self._query_engine = query_engine
+        self._stream_mode = check_stream_mode(stream_mode)
         self._source = LazyAligner(aligner, on_error=on_error, max_new_tokens=max_new_tokens, **aligner_kwargs)
         self._generation = dict(generation_kwargs or {})
         super().__init__(callback_manager=callback_manager or getattr(query_engine, "callback_manager", None))
@@ -76,6 +82,11 @@ class AlignerQueryEngine(BaseQueryEngine):
     def query_engine(self) -> BaseQueryEngine:
         """The wrapped query engine."""
         return self._query_engine
+
+    @property
+    def stream_mode(self) -> StreamMode:
+        """How a streamed answer is corrected: ``"whole"`` or ``"segments"``."""
+        return self._stream_mode
 
     def get_aligner(self) -> Aligner:
         """The Aligner in use (loaded on first call)."""
@@ -119,12 +130,13 @@ class AlignerQueryEngine(BaseQueryEngine):
 
     @dispatcher.span
     def _correct(self, query: str, response: RESPONSE_TYPE) -> RESPONSE_TYPE:
-        return correct_response(self._source.get(), COMPONENT, query, response, self._generation)  # type: ignore[return-value]
+        aligner = self._source.get()
+        return correct_response(aligner, COMPONENT, query, response, self._generation, self._stream_mode)  # type: ignore[return-value]
 
     @dispatcher.span
     async def _acorrect(self, query: str, response: RESPONSE_TYPE) -> RESPONSE_TYPE:
         aligner = await self._source.aget()
-        return await acorrect_response(aligner, COMPONENT, query, response, self._generation)  # type: ignore[return-value]
+        return await acorrect_response(aligner, COMPONENT, query, response, self._generation, self._stream_mode)  # type: ignore[return-value]
 
     def __repr__(self) -> str:
         return (

@@ -3,12 +3,17 @@
 Used by `AlignerQueryEngine` and the workflow steps. Nothing here generates, pads or renders prompts:
 every correction goes through an `Aligner`, bracketed by the instrumentation events of
 `aligner_chains.llama_index.events`. The sync and async paths share every step but the Aligner call.
+
+A streamed answer is corrected as ``stream_mode`` says: ``"whole"`` reads the upstream answer in full, then
+streams its correction; ``"segments"`` feeds the upstream's tokens to `Aligner.iter_segments` (or
+``aiter_segments``), so each segment's correction is shown as soon as the upstream has written it, and a
+consumer that stops reading stops the Aligner and closes the upstream generator.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 from llama_index.core.base.response.schema import (
@@ -21,6 +26,7 @@ from llama_index.core.base.response.schema import (
 
 from aligner_chains.core import Aligner
 from aligner_chains.core.result import Correction
+from aligner_chains.core.segmented import DEFAULT_STREAM_MODE, StreamMode
 from aligner_chains.llama_index.events import Component, emit_end, emit_start
 
 __all__ = ["METADATA_KEY", "acorrect_response", "correct_response", "shown_text"]
@@ -39,25 +45,36 @@ def shown_text(correction: Correction, original: str | None) -> str | None:
 
 
 def correct_response(
-    aligner: Aligner, component: Component, query: str, response: Any, generation: dict[str, Any]
+    aligner: Aligner,
+    component: Component,
+    query: str,
+    response: Any,
+    generation: dict[str, Any],
+    stream_mode: StreamMode = DEFAULT_STREAM_MODE,
 ) -> RESPONSE_TYPE | str:
     """A corrected copy of ``response`` (str, `Response` or `StreamingResponse`); sources kept."""
     if isinstance(response, StreamingResponse):
-        return _restream(StreamingResponse, response, functools.partial(_stream, aligner, component, query, generation))
+        pieces = functools.partial(_stream, aligner, component, query, generation, stream_mode)
+        return _restream(StreamingResponse, response, pieces)
     answer = _answer_of(response)
     emit_start(component, query, 1, model=aligner.model_name)
     return _corrected(component, query, response, aligner.correct(query, answer, **generation))
 
 
 async def acorrect_response(
-    aligner: Aligner, component: Component, query: str, response: Any, generation: dict[str, Any]
+    aligner: Aligner,
+    component: Component,
+    query: str,
+    response: Any,
+    generation: dict[str, Any],
+    stream_mode: StreamMode = DEFAULT_STREAM_MODE,
 ) -> RESPONSE_TYPE | str:
     """Async `correct_response`; also takes an `AsyncStreamingResponse` (and gives one back)."""
     if isinstance(response, AsyncStreamingResponse):
-        pieces = functools.partial(_astream, aligner, component, query, generation)
+        pieces = functools.partial(_astream, aligner, component, query, generation, stream_mode)
         return _restream(AsyncStreamingResponse, response, pieces)
     if isinstance(response, StreamingResponse):  # a sync stream from an async engine: keep its kind
-        return correct_response(aligner, component, query, response, generation)
+        return correct_response(aligner, component, query, response, generation, stream_mode)
     answer = _answer_of(response)
     emit_start(component, query, 1, model=aligner.model_name)
     return _corrected(component, query, response, await aligner.acorrect(query, answer, **generation))
@@ -132,20 +149,30 @@ def _stream(
     component: Component,
     query: str,
     generation: dict[str, Any],
+    stream_mode: StreamMode,
     upstream: StreamingResponse,
     metadata: dict[str, Any],
 ) -> Iterator[str]:
-    # The Aligner needs the whole answer: the upstream stream is drained when the consumer starts reading.
+    pieces: Iterable[str]
     if upstream.response_txt is not None or upstream.response_gen is None:
-        answer = upstream.response_txt or ""
+        pieces = [upstream.response_txt or ""]
     else:
-        answer = "".join(upstream.response_gen)
-    finish = _stream_started(aligner, component, query, metadata)
-    for item in aligner.iter_correction(query, answer, **generation):
-        if isinstance(item, str):
-            yield item
-        else:
-            finish(item)
+        pieces = upstream.response_gen
+    if stream_mode == "segments":  # the upstream is read while the Aligner corrects what it has written
+        finish = _stream_started(aligner, component, query, metadata)
+        items = aligner.iter_segments(query, pieces, **generation)
+    else:  # the Aligner needs the whole answer: the upstream is drained when the consumer starts reading
+        answer = "".join(pieces)
+        finish = _stream_started(aligner, component, query, metadata)
+        items = aligner.iter_correction(query, answer, **generation)
+    try:
+        for item in items:
+            if isinstance(item, str):
+                yield item
+            else:
+                finish(item)
+    finally:
+        items.close()  # a consumer that stops reading stops the Aligner (and, segment-wise, the upstream)
 
 
 async def _astream(
@@ -153,13 +180,22 @@ async def _astream(
     component: Component,
     query: str,
     generation: dict[str, Any],
+    stream_mode: StreamMode,
     upstream: AsyncStreamingResponse,
     metadata: dict[str, Any],
 ) -> AsyncIterator[str]:
-    answer = "".join([piece async for piece in upstream.async_response_gen()])
-    finish = _stream_started(aligner, component, query, metadata)
-    async for item in aligner.aiter_correction(query, answer, **generation):
-        if isinstance(item, str):
-            yield item
-        else:
-            finish(item)
+    if stream_mode == "segments":
+        finish = _stream_started(aligner, component, query, metadata)
+        items = aligner.aiter_segments(query, upstream.async_response_gen(), **generation)
+    else:
+        answer = "".join([piece async for piece in upstream.async_response_gen()])
+        finish = _stream_started(aligner, component, query, metadata)
+        items = aligner.aiter_correction(query, answer, **generation)
+    try:
+        async for item in items:
+            if isinstance(item, str):
+                yield item
+            else:
+                finish(item)
+    finally:
+        await items.aclose()  # type: ignore[attr-defined]

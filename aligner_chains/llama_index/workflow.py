@@ -9,7 +9,9 @@ Two ways in:
   ``AlignerWorkflow(my_workflow, aligner="demo")``; run it with the same keyword arguments.
 
 A result may be a ``str``, a `Response` (corrected like `AlignerQueryEngine` does, with
-``metadata["aligner"]``), a `StreamingResponse` or an `AsyncStreamingResponse`.
+``metadata["aligner"]``), a `StreamingResponse` or an `AsyncStreamingResponse`; a streamed result is
+corrected as ``stream_mode`` says (``"whole"``: read in full, then the correction streams; ``"segments"``:
+each segment corrected as soon as the wrapped workflow's stream has written it).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from llama_index.core.workflow import Context, Event, StartEvent, StopEvent, Wor
 from aligner_chains.core import LOADING_OPTIONS, Aligner
 from aligner_chains.core.errors import ConfigError
 from aligner_chains.core.options import check_options
+from aligner_chains.core.segmented import DEFAULT_STREAM_MODE, StreamMode, check_stream_mode
 from aligner_chains.llama_index.lazy import LazyAligner
 from aligner_chains.llama_index.responses import acorrect_response
 
@@ -48,7 +51,8 @@ class AlignerCorrectionStep:
     ``class MyFlow(AlignerCorrectionStep, Workflow)`` gains the keyword arguments ``aligner``
     (an `Aligner`, a model path / hub id / ``"demo"``, or None: the default model, ``$ALIGNER_MODEL``,
     else the shipped demo, see `aligner_chains.core.default_model`; loaded on first use),
-    ``on_error``, ``max_new_tokens``, ``generation_kwargs`` and the loading options of
+    ``on_error``, ``max_new_tokens``, ``generation_kwargs``, ``stream_mode`` (how a streamed result is
+    corrected, see `AlignerQueryEngine`; default ``DEFAULT_STREAM_MODE``) and the loading options of
     ``Aligner.from_pretrained`` (``device``, ``dtype``, ``quantization``, ``adapter``, ...); every
     other keyword argument goes to `Workflow` (``timeout``, ``verbose``, ...).
     """
@@ -60,15 +64,17 @@ class AlignerCorrectionStep:
         on_error: Literal["raise", "passthrough"] | None = None,
         max_new_tokens: int | None = None,
         generation_kwargs: dict[str, Any] | None = None,
+        stream_mode: StreamMode = DEFAULT_STREAM_MODE,
         **kwargs: Any,
     ) -> None:
         loading = {key: kwargs.pop(key) for key in list(kwargs) if key in LOADING_OPTIONS}
         accepted = inspect.signature(super().__init__).parameters  # the rest goes to Workflow
         if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
-            mine = {*LOADING_OPTIONS, "aligner", "on_error", "max_new_tokens", "generation_kwargs"}
+            mine = {*LOADING_OPTIONS, "aligner", "on_error", "max_new_tokens", "generation_kwargs", "stream_mode"}
             check_options(kwargs, {*accepted} - {"self"}, type(self).__name__, also=mine)
         self._aligner_source = LazyAligner(aligner, on_error=on_error, max_new_tokens=max_new_tokens, **loading)
         self._aligner_generation = dict(generation_kwargs or {})
+        self._aligner_stream_mode = check_stream_mode(stream_mode)
         super().__init__(*args, **kwargs)
 
     def get_aligner(self) -> Aligner:
@@ -83,7 +89,9 @@ class AlignerCorrectionStep:
     @dispatcher.span
     async def _correct_result(self, question: str, result: Any) -> Any:
         aligner = await self._aligner_source.aget()
-        return await acorrect_response(aligner, COMPONENT, question, result, self._aligner_generation)
+        return await acorrect_response(
+            aligner, COMPONENT, question, result, self._aligner_generation, self._aligner_stream_mode
+        )
 
 
 class AlignerWorkflow(AlignerCorrectionStep, Workflow):

@@ -2,7 +2,8 @@
 
 Generation is never re-implemented here: ``/v1/completions`` calls ``aligner.backend.generate`` /
 ``aligner.backend.stream`` on the raw prompt, ``/v1/corrections`` calls ``aligner.acorrect``,
-``acorrect_batch`` and ``aiter_correction``, so whatever batching the core does applies.
+``acorrect_batch`` and ``aiter_correction`` (``aiter_segments`` for ``stream_mode="segments"``), so whatever
+batching the core does applies.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from aligner_chains.backends.tokenizers import LockedTokenizer, locked
 from aligner_chains.core.aligner import Aligner
-from aligner_chains.core.errors import BackendError
+from aligner_chains.core.errors import BackendError, ConfigError
 from aligner_chains.core.generation import DEFAULT_MAX_NEW_TOKENS, GenerationOutput
 from aligner_chains.core.result import Correction
+from aligner_chains.core.segmented import StreamMode, check_stream_mode
 from aligner_chains.server.config import ServerConfig
 from aligner_chains.server.http import (
     SSE_DONE,
@@ -502,6 +504,7 @@ async def _corrections(server: _Server, request: Request) -> Response:
         raise ApiError(400, "max_new_tokens and max_tokens differ; send one of them.", param="max_new_tokens")
     max_new = req.max_new_tokens if req.max_new_tokens is not None else req.max_tokens
     server.check_max_tokens(max_new, "max_new_tokens")
+    stream_mode = server.config.stream_mode if req.stream_mode is None else _stream_mode(req.stream_mode)
     generation = sampling_overrides(req.temperature, req.top_p)
     if max_new is not None:
         generation["max_new_tokens"] = max_new
@@ -542,7 +545,10 @@ async def _corrections(server: _Server, request: Request) -> Response:
         )
     assert req.question is not None and req.answer is not None
     if req.stream:
-        items = aligner.aiter_correction(req.question, req.answer, on_error=req.on_error, **generation)
+        if stream_mode == "segments":  # each segment's correction is sent once it is generated
+            items = aligner.aiter_segments(req.question, _pieces([req.answer]), on_error=req.on_error, **generation)
+        else:
+            items = aligner.aiter_correction(req.question, req.answer, on_error=req.on_error, **generation)
         head, rest = await prefetch(items)
         return StreamingResponse(
             _correction_events(server, chain_items(head, rest), req.include_diff),
@@ -552,6 +558,20 @@ async def _corrections(server: _Server, request: Request) -> Response:
     result = await aligner.acorrect(req.question, req.answer, on_error=req.on_error, **generation)
     server.metrics.count_correction(result)
     return JSONResponse(_correction_json(result, req.include_diff))
+
+
+def _stream_mode(value: str) -> StreamMode:
+    """A request's ``stream_mode``, or a 400 naming it."""
+    try:
+        return check_stream_mode(value)
+    except ConfigError as exc:
+        raise ApiError(400, str(exc), param="stream_mode") from None
+
+
+async def _pieces(pieces: list[str]) -> AsyncIterator[str]:
+    """``pieces`` as the async stream `Aligner.aiter_segments` reads (the segments are cut by the core)."""
+    for piece in pieces:
+        yield piece
 
 
 async def _correction_events(

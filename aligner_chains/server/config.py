@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from aligner_chains.core.segmented import DEFAULT_STREAM_MODE, StreamMode
+
 
 class ServerConfig(BaseModel):
     """Options of the Aligner server; every limit answers a clear 4xx when exceeded."""
@@ -36,3 +38,7 @@ class ServerConfig(BaseModel):
     """``Host`` names this server answers for (``*.example.com`` matches subdomains); others get 400. None: any."""
     playground: bool = True
     """Serve the browser playground at ``/playground`` (a static page; the API it calls still needs the key)."""
+    stream_mode: StreamMode = DEFAULT_STREAM_MODE
+    """How a streamed ``/v1/corrections`` is corrected when the request names no ``stream_mode``: ``whole`` (one
+    generation over the whole answer, streamed token by token) or ``segments`` (segment by segment, each shown
+    once corrected; a refusal ends the stream)."""

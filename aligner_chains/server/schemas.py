@@ -77,6 +77,8 @@ class CorrectionRequest(_Body):
     top_p: float | None = Field(default=None, gt=0, le=1)
     on_error: Literal["raise", "passthrough"] | None = None
     include_diff: bool = False
+    stream_mode: str | None = None
+    """With ``stream=true``: ``"whole"`` or ``"segments"`` (None: the server's setting); checked by the route."""
 
     _temperature = field_validator("temperature")(_check_temperature)
 

@@ -7,6 +7,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from aligner_chains.core.segmented import DEFAULT_STREAM_MODE, STREAM_MODES
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -31,6 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--aligner-timeout", type=float, default=120.0, help="seconds to wait for a correction")
     parser.add_argument("--upstream-timeout", type=float, default=120.0, help="seconds to wait for the upstream")
     parser.add_argument("--fail-open", action="store_true", help="on an Aligner failure return the uncorrected reply")
+    parser.add_argument(
+        "--stream-mode",
+        choices=STREAM_MODES,
+        default=DEFAULT_STREAM_MODE,
+        help="stream=true replies: 'whole' (read the upstream reply in full, then stream its correction) or "
+        f"'segments' (correct each segment while the upstream streams; n=1 only) (default: {DEFAULT_STREAM_MODE})",
+    )
     parser.add_argument(
         "--header-timeout", type=float, default=10.0, help="seconds a client may take to send its headers (then closed)"
     )
@@ -64,6 +73,7 @@ def build_app(args: argparse.Namespace):
         fail_open=args.fail_open,
         max_new_tokens=args.max_new_tokens,
         body_timeout=args.body_timeout,
+        stream_mode=args.stream_mode,
     )
 
 

@@ -8,8 +8,15 @@ Any app that speaks the OpenAI chat API gets corrected answers by pointing its b
   tool calls (or no text) pass through untouched;
 - ``choices[i].aligner`` (a field standard clients ignore) holds `Correction.summary()`: the original
   text, ``changed``, token counts, latency and ``error``;
-- ``stream=true``: the upstream stream is read in full (the Aligner needs the whole answer), then the
+- ``stream=true``: as ``stream_mode`` says. ``"whole"``: the upstream stream is read in full, then the
   correction streams as ``chat.completion.chunk`` deltas; the last chunk of a choice carries ``aligner``.
+  ``"segments"`` (one choice, ``n=1``; ``n>1`` streams as ``"whole"``): the upstream's deltas go to
+  `Aligner.aiter_segments` while they arrive, and each segment's correction goes out as a delta as soon as it
+  is ready, so the reply trails the upstream by about one segment. A reply whose first delta is a tool call
+  (or that has no text) is relayed as it arrives; tool calls after text follow the corrected text. When a
+  refusal replaces the answer, the upstream stream is closed at once and the last chunk has
+  ``finish_reason: "content_filter"`` (the proxy cut the upstream short; ``aligner.stats.ended_by`` says why).
+- A client that leaves stops everything: the upstream HTTP stream is closed and the Aligner stops.
 
 Failures: upstream unreachable, 502; upstream too slow, 504; upstream 4xx, relayed as is (with its
 ``Retry-After``); upstream 5xx, 502 with its message. A reply cut short is a 502, never a corrected half
@@ -18,6 +25,16 @@ not an event stream at all), or a choice the upstream reports aborted (``finish_
 ``finish_reason`` is relayed as the upstream sent it, ``null`` included; the proxy never invents one.
 The Aligner failing or taking longer than ``aligner_timeout``: 502/504, or with ``fail_open=True`` the
 uncorrected answer, with the reason in ``aligner.error``.
+
+``stream_mode="segments"`` keeps these answers while nothing has been sent: the response starts with the
+first corrected segment, so a failure before it is still a 4xx/5xx status (or, fail-open, the uncorrected
+reply). Once corrected text has gone out, the status cannot change; a failure then (the upstream breaking
+off, cut short, aborted, an error event, a timeout) ends the stream with an ``{"error": {...}}`` event and
+nothing else: no chunk with a ``finish_reason``, no ``aligner`` summary and no ``data: [DONE]``, so a client
+(the OpenAI SDKs raise on such an event) never takes the text received as a complete answer. Fail-open does
+not apply then: the rest cannot be passed on uncorrected without repeating or dropping text. (With
+fail-open, a segment the Aligner fails on is passed on as the upstream wrote it, marked in ``aligner.error``.)
+There ``aligner_timeout`` bounds the wait for each corrected segment once the upstream has finished.
 """
 
 from __future__ import annotations
@@ -35,6 +52,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from aligner_chains.core.aligner import Aligner
 from aligner_chains.core.result import Correction
+from aligner_chains.core.segmented import DEFAULT_STREAM_MODE, StreamMode
 from aligner_chains.server.http import (
     SSE_DONE,
     SSE_HEADERS,
@@ -42,7 +60,9 @@ from aligner_chains.server.http import (
     Metrics,
     ServingMiddleware,
     api_error_from,
+    chain_items,
     install_error_handlers,
+    prefetch,
     read_json_object,
     sse,
 )
@@ -68,7 +88,8 @@ class ProxyConfig(BaseModel):
     """Seconds to wait for the upstream (per read for streams); 504 beyond."""
     upstream_connect_timeout: float = Field(default=10.0, gt=0)
     aligner_timeout: float | None = Field(default=120.0, gt=0)
-    """Seconds to wait for a correction (for streams: for its first piece); 504 or fail-open beyond."""
+    """Seconds to wait for a correction (for streams: for its first piece; segment-wise: for each segment once
+    the upstream has finished); 504 or fail-open beyond."""
     fail_open: bool = False
     """On an Aligner failure or timeout, answer the uncorrected reply (marked) instead of 502/504."""
     max_body_bytes: int = Field(default=4 * 1_048_576, ge=1)
@@ -78,6 +99,9 @@ class ProxyConfig(BaseModel):
     """Requests processed at once (counted once their body is read); beyond, 429 with ``Retry-After``."""
     max_new_tokens: int | None = Field(default=None, ge=1)
     """Generation budget of each correction (None: the Aligner's default)."""
+    stream_mode: StreamMode = DEFAULT_STREAM_MODE
+    """``stream=true`` replies: ``whole`` (read the upstream in full, then stream the correction) or ``segments``
+    (correct each segment while the upstream streams; one choice only, ``n>1`` streams whole)."""
 
 
 class _Proxy:
@@ -225,6 +249,18 @@ class _Proxy:
         The stream must end properly, with ``data: [DONE]`` or a ``finish_reason`` for every choice; one
         that stops short (closed or broken connection, a body that is not an event stream) is a 502.
         """
+        try:
+            return [event async for event in self.stream_events(request, body)]
+        except UpstreamRefused as refused:
+            return refused.response
+
+    async def stream_events(self, request: Request, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """The upstream's stream events as they arrive, each checked; at the end, a check that it ended properly.
+
+        Raises `ApiError` (502/504): the upstream unreachable, failing, too slow, sending an error event or a
+        malformed stream, aborting a choice, or stopping short (see `post_stream`); `UpstreamRefused` for its
+        4xx, to relay. Closing this generator closes the upstream response, which stops its generation.
+        """
         import httpx
 
         from aligner_chains.backends.remote.protocol import SSEDecoder
@@ -233,27 +269,30 @@ class _Proxy:
         url = f"{self.upstream}/chat/completions"
         started = time.perf_counter()
         decoder = SSEDecoder()
-        chunks: list[dict[str, Any]] = []
+        plan = _StreamPlan([])
+        content_type = ""
         try:
             async with self.client().stream("POST", url, json=body, headers=self.upstream_headers(request)) as response:
                 if response.status_code >= 400:
                     failure = self._upstream_failure(response, await response.aread(), url)
                     if isinstance(failure, ApiError):
                         raise failure
-                    return failure
+                    raise UpstreamRefused(failure)
                 content_type = response.headers.get("content-type", "")
                 try:
                     async for data in response.aiter_bytes():
-                        chunks += decoder.feed(data)
+                        for event in decoder.feed(data):
+                            yield self._checked(plan, event, url)
                         if decoder.done:
                             break
                     else:
-                        chunks += decoder.finish()
+                        for event in decoder.finish():
+                            yield self._checked(plan, event, url)
                 except httpx.TimeoutException:
                     raise
                 except httpx.TransportError as exc:  # the response had begun: the stream broke off
                     raise self._incomplete(
-                        url, f"broke off its stream after {len(chunks)} events ({type(exc).__name__}: {exc})"
+                        url, f"broke off its stream after {len(plan.chunks)} events ({type(exc).__name__}: {exc})"
                     ) from None
         except httpx.TransportError as exc:
             raise self._transport_error(exc) from None
@@ -263,22 +302,23 @@ class _Proxy:
             ) from None
         finally:
             self.upstream_seconds.observe(time.perf_counter() - started)
-        for event in chunks:
-            if "error" in event and not event.get("choices"):
-                raise ApiError(
-                    502, f"The upstream stream failed: {json.dumps(event['error'])[:300]}", type="upstream_error"
-                )
-        plan = _StreamPlan(chunks)
-        if not chunks and not decoder.done:
+        if not plan.chunks and not decoder.done:
             raise self._incomplete(
                 url, f"answered stream=true without an event stream (Content-Type {content_type or '(none)'!r})"
             )
         unfinished = [index for index in plan.order if index not in plan.finish]
         if not decoder.done and (unfinished or not plan.order):
             which = f"no finish_reason for choice(s) {unfinished}" if unfinished else "no choices"
-            raise self._incomplete(url, f"ended its stream without [DONE] ({which}, after {len(chunks)} events)")
+            raise self._incomplete(url, f"ended its stream without [DONE] ({which}, after {len(plan.chunks)} events)")
+
+    def _checked(self, plan: _StreamPlan, event: dict[str, Any], url: str) -> dict[str, Any]:
+        """``event``, added to ``plan``; an error event or an aborted choice raises its 502."""
+        if "error" in event and not event.get("choices"):
+            message = f"The upstream stream failed: {json.dumps(event['error'])[:300]}"
+            raise ApiError(502, message, type="upstream_error")
+        plan.add(event)
         self.refuse_aborted(plan.finish, url)
-        return chunks
+        return event
 
     # ----------------------------------------------------------------- correction
 
@@ -290,6 +330,15 @@ class _Proxy:
 
     def aligner_failed(self, question: str, answer: str, exc: BaseException) -> Correction:
         """Fail-open result, or the 502/504 to answer instead."""
+        reason, error = self.aligner_error(exc)
+        if not self.config.fail_open:
+            raise error
+        return Correction.failed(
+            question, answer, reason, template=self.aligner.template.name, model=self.aligner.model_name
+        )
+
+    def aligner_error(self, exc: BaseException) -> tuple[str, ApiError]:
+        """Why the Aligner failed (for ``aligner.error``), and the 502/504 that says so."""
         from aligner_chains.core.errors import BackendError
 
         hint = "Start the proxy with --fail-open to return uncorrected replies instead."
@@ -310,11 +359,7 @@ class _Proxy:
                 type="aligner_error",
                 code="aligner_error",
             )
-        if not self.config.fail_open:
-            raise error
-        return Correction.failed(
-            question, answer, reason, template=self.aligner.template.name, model=self.aligner.model_name
-        )
+        return reason, error
 
     def record(self, correction: Correction) -> None:
         self.metrics.count_correction(correction)
@@ -343,6 +388,14 @@ class _Proxy:
         for correction in results:
             self.record(correction)
         return results
+
+
+class UpstreamRefused(Exception):
+    """The upstream answered a stream request with a 4xx: its ``response`` goes to the client as it is."""
+
+    def __init__(self, response: JSONResponse) -> None:
+        super().__init__(f"upstream answered {response.status_code}")
+        self.response = response
 
 
 def _consume(task: asyncio.Future[Any]) -> None:
@@ -470,6 +523,8 @@ async def _chat(proxy: _Proxy, request: Request) -> Response:
             choice["message"]["content"] = correction.corrected
             choice[SUMMARY_FIELD] = correction.summary()
         return JSONResponse(data)
+    if proxy.config.stream_mode == "segments" and body.get("n") in (None, 1):
+        return await _stream_segments(proxy, request, body, question)
     chunks = await proxy.post_stream(request, body)
     if isinstance(chunks, JSONResponse):
         return chunks
@@ -487,25 +542,36 @@ class _StreamPlan:
     """The upstream chunks grouped per choice: the text, whether it has tool calls, how it finished."""
 
     def __init__(self, chunks: list[dict[str, Any]]) -> None:
-        self.chunks = chunks
-        self.template = next((c for c in chunks if c.get("choices")), chunks[0] if chunks else {})
+        self.chunks: list[dict[str, Any]] = []
+        self.template: dict[str, Any] = {}  # the first chunk with choices (else the first chunk): ids for ours
         self.content: dict[int, str] = {}
         self.tools: set[int] = set()
         self.finish: dict[int, Any] = {}
         self.order: list[int] = []
         for chunk in chunks:
-            for choice in chunk.get("choices") or []:
-                index = choice.get("index", 0)
-                if index not in self.order:
-                    self.order.append(index)
-                delta = choice.get("delta") or {}
-                if isinstance(delta.get("content"), str):
-                    self.content[index] = self.content.get(index, "") + delta["content"]
-                if delta.get("tool_calls") or delta.get("function_call"):
-                    self.tools.add(index)
-                if choice.get("finish_reason") is not None:
-                    self.finish[index] = choice["finish_reason"]
-        self.to_correct = [i for i in self.order if i not in self.tools and self.content.get(i, "").strip()]
+            self.add(chunk)
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        """Take in the next chunk."""
+        self.chunks.append(chunk)
+        if not self.template.get("choices") and (chunk.get("choices") or not self.template):
+            self.template = chunk
+        for choice in chunk.get("choices") or []:
+            index = choice.get("index", 0)
+            if index not in self.order:
+                self.order.append(index)
+            delta = choice.get("delta") or {}
+            if isinstance(delta.get("content"), str):
+                self.content[index] = self.content.get(index, "") + delta["content"]
+            if delta.get("tool_calls") or delta.get("function_call"):
+                self.tools.add(index)
+            if choice.get("finish_reason") is not None:
+                self.finish[index] = choice["finish_reason"]
+
+    @property
+    def to_correct(self) -> list[int]:
+        """The choices with text and no tool calls, in order."""
+        return [i for i in self.order if i not in self.tools and self.content.get(i, "").strip()]
 
     def chunk(self, index: int, delta: dict[str, Any], finish: Any = None, **extra: Any) -> dict[str, Any]:
         base = {k: v for k, v in self.template.items() if k not in ("choices", "usage")}
@@ -594,3 +660,263 @@ async def _corrected_stream(proxy: _Proxy, plan: _StreamPlan, question: str, hea
     except Exception as exc:
         yield sse(api_error_from(exc, what="correction").body())
     yield SSE_DONE
+
+
+# ----------------------------------------------------------------------------- stream_mode="segments"
+
+_END = object()
+
+
+class _Failed:
+    """The upstream reader's failure, queued after the events read before it."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+async def _aclose(agen: AsyncIterator[Any]) -> None:
+    """Close an async generator, unless a task is still in it (that task's cancellation ends it)."""
+    if not getattr(agen, "ag_running", False):
+        await agen.aclose()  # type: ignore[attr-defined]
+
+
+async def _stream_segments(proxy: _Proxy, request: Request, body: dict[str, Any], question: str) -> Response:
+    """The reply of one choice corrected segment by segment as the upstream streams it (see the module doc).
+
+    The response starts with the first corrected segment: a failure before it is an HTTP status.
+    """
+    reply = _LiveReply(proxy, question, proxy.stream_events(request, body))
+    try:
+        head, rest = await prefetch(_live_events(reply))
+    except UpstreamRefused as refused:
+        return refused.response
+    return StreamingResponse(chain_items(head, rest), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def _live_events(reply: _LiveReply) -> AsyncIterator[str]:
+    """The SSE lines of ``reply``. A failure after the first one ends the stream with an error event and
+    nothing else (no finish_reason, no ``[DONE]``), so the client cannot take it as complete."""
+    chunks = reply.chunks()
+    sent = False
+    try:
+        async for chunk in chunks:
+            yield sse(chunk)
+            sent = True
+    except Exception as exc:
+        if not sent:
+            raise  # nothing sent yet: answered as an HTTP error
+        yield sse(api_error_from(exc, what="correction").body())
+        return
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+    yield SSE_DONE
+
+
+class _LiveReply:
+    """One streamed upstream choice, its text corrected by `Aligner.aiter_segments` while it arrives.
+
+    A task reads the upstream's events into a queue (so the upstream is never held back by the Aligner);
+    the choice's text deltas feed the Aligner, tool-call chunks are held and relayed after the corrected
+    text. Leaving `chunks` (a client gone, a refusal, a failure) closes the Aligner's stream and the upstream.
+    """
+
+    def __init__(self, proxy: _Proxy, question: str, events: AsyncIterator[dict[str, Any]]) -> None:
+        self.proxy = proxy
+        self.question = question
+        self.events = events
+        self.plan = _StreamPlan([])
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.reader: asyncio.Task[None] | None = None
+        self.index = 0  # the choice (the first one the upstream names)
+        self.held: list[dict[str, Any]] = []  # tool-call chunks that came after text
+        self.upstream_failure: BaseException | None = None
+        self.ended_at: float | None = None  # loop time the upstream finished (the Aligner's clock starts then)
+        self.last_piece = 0.0  # loop time of the latest corrected piece
+
+    # ----------------------------------------------------------------- the upstream side
+
+    async def _read(self) -> None:
+        try:
+            async for event in self.events:
+                self.queue.put_nowait(event)
+        except Exception as exc:
+            self.queue.put_nowait(_Failed(exc))
+        finally:
+            self.ended_at = asyncio.get_running_loop().time()
+            self.queue.put_nowait(_END)
+
+    async def _next(self) -> dict[str, Any] | None:
+        """The next upstream event (None at the end); the upstream's failure is raised, once."""
+        item = await self.queue.get()
+        if item is _END:
+            self.queue.put_nowait(_END)
+            return None
+        if isinstance(item, _Failed):
+            self.upstream_failure = item.exc
+            raise item.exc
+        self.plan.add(item)
+        return item
+
+    def _delta(self, event: dict[str, Any]) -> dict[str, Any]:
+        for choice in event.get("choices") or []:
+            if choice.get("index", 0) == self.index:
+                return choice.get("delta") or {}
+        return {}
+
+    def _mine(self, event: dict[str, Any]) -> dict[str, Any]:
+        """``event`` with only this choice (as the upstream sent it)."""
+        return {**event, "choices": [c for c in event.get("choices") or [] if c.get("index", 0) == self.index]}
+
+    async def _texts(self, first: str) -> AsyncIterator[str]:
+        """The choice's text as it arrives (what the Aligner reads); tool-call chunks are held."""
+        yield first
+        while (event := await self._next()) is not None:
+            delta = self._delta(event)
+            if delta.get("tool_calls") or delta.get("function_call"):
+                self.held.append(self._mine(event))
+            text = delta.get("content")
+            if isinstance(text, str) and text:
+                yield text
+
+    async def close(self) -> None:
+        """Stop reading the upstream: cancelled, the reader's task closes the upstream stream (waited for here,
+        unless this task is being cancelled itself)."""
+        if self.reader is not None and not self.reader.done():
+            self.reader.cancel()
+            await asyncio.wait({self.reader})
+
+    # ----------------------------------------------------------------- the client side
+
+    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+        """The ``chat.completion.chunk`` objects to send; raises `ApiError` (or `UpstreamRefused`) on a failure."""
+        self.reader = asyncio.ensure_future(self._read())
+        try:
+            first = await self._start()
+            if first is None:  # a tool call first, or no text: relayed as it comes
+                for event in self.plan.chunks:
+                    yield event
+                while (event := await self._next()) is not None:
+                    yield event
+                return
+            corrected = self._corrected(first)
+            try:
+                async for chunk in corrected:
+                    yield chunk
+            finally:
+                await _aclose(corrected)  # the Aligner's stream is closed with it
+        finally:
+            await self.close()
+
+    async def _start(self) -> str | None:
+        """Read up to the choice's first text (returned, with any whitespace before it) or first tool call (None)."""
+        while (event := await self._next()) is not None:
+            if event.get("choices") and len(self.plan.order) == 1:
+                self.index = self.plan.order[0]
+            delta = self._delta(event)
+            if delta.get("tool_calls") or delta.get("function_call"):
+                return None
+            text = self.plan.content.get(self.index, "")
+            if text.strip():
+                return text
+        return None
+
+    async def _corrected(self, first: str) -> AsyncIterator[dict[str, Any]]:
+        proxy, plan, index = self.proxy, self.plan, self.index
+        items = proxy.aligner.aiter_segments(
+            self.question, self._texts(first), on_error=proxy.policy(), **proxy.generation()
+        )
+        role = plan.chunk(index, {"role": "assistant", "content": ""})
+        sent = False
+        correction: Correction | None = None
+        try:
+            while True:
+                try:
+                    item = await self._next_item(items)
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:
+                    if exc is self.upstream_failure:
+                        raise
+                    reason, error = proxy.aligner_error(exc)
+                    if sent or not proxy.config.fail_open:
+                        raise error from None
+                    await _aclose(items)
+                    async for chunk in self._uncorrected(reason):  # fail-open, nothing sent yet
+                        yield chunk
+                    return
+                if isinstance(item, Correction):
+                    correction = item
+                    continue
+                if self.upstream_failure is not None:  # known already: the answer is cut short, say so now
+                    raise self.upstream_failure
+                if not sent:
+                    yield role
+                    sent = True
+                yield plan.chunk(index, {"content": item})
+        finally:
+            await _aclose(items)
+        if correction is None:  # aiter_segments always ends with its Correction
+            raise ApiError(500, "The Aligner's segment stream ended without its result.", type="server_error")
+        proxy.record(correction)
+        replaced = correction.stats.get("ended_by") == "replacement"
+        if replaced:
+            await self.close()  # the rest of the upstream answer is never shown: stop it now
+        if not sent:
+            yield role
+        finish = "content_filter" if replaced else plan.finish.get(index)
+        if not replaced:
+            for chunk in self.held:
+                yield chunk
+        yield plan.chunk(index, {}, finish, **{SUMMARY_FIELD: correction.summary()})
+        if not replaced:
+            for chunk in plan.trailers():
+                yield chunk
+
+    async def _next_item(self, items: AsyncIterator[Any]) -> Any:
+        """The Aligner's next item. Once the upstream has finished, each may take ``aligner_timeout`` at most
+        (before that, the wait is the upstream's as much as the Aligner's)."""
+        timeout = self.proxy.config.aligner_timeout
+        if timeout is None:
+            return await items.__anext__()
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(items.__anext__())
+        assert self.reader is not None
+        try:
+            while True:
+                if self.ended_at is None:
+                    await asyncio.wait({task, self.reader}, return_when=asyncio.FIRST_COMPLETED)
+                else:
+                    left = max(self.ended_at, self.last_piece) + timeout - loop.time()
+                    await asyncio.wait({task}, timeout=max(left, 0))
+                    if not task.done():
+                        raise TimeoutError(f"no corrected segment within {timeout} s")
+                if task.done():
+                    self.last_piece = loop.time()
+                    return task.result()
+        finally:
+            if not task.done():
+                task.cancel()  # ends the Aligner's stream (its worker stops at the next token)
+                task.add_done_callback(_consume)
+                await asyncio.wait({task})
+
+    async def _uncorrected(self, reason: str) -> AsyncIterator[dict[str, Any]]:
+        """Fail-open before anything was sent: the choice as the upstream writes it, marked with ``reason``."""
+        plan, index = self.plan, self.index
+        yield plan.chunk(index, {"role": "assistant", "content": ""})
+        yield plan.chunk(index, {"content": plan.content.get(index, "")})
+        for chunk in self.held:
+            yield chunk
+        while (event := await self._next()) is not None:
+            delta = self._delta(event)
+            if delta.get("tool_calls") or delta.get("function_call"):
+                yield self._mine(event)
+            elif isinstance(delta.get("content"), str) and delta["content"]:
+                yield plan.chunk(index, {"content": delta["content"]})
+        text = plan.content.get(index, "")
+        failed = Correction.failed(
+            self.question, text, reason, template=self.proxy.aligner.template.name, model=self.proxy.aligner.model_name
+        )
+        self.proxy.record(failed)
+        yield plan.chunk(index, {}, plan.finish.get(index), **{SUMMARY_FIELD: failed.summary()})
+        for chunk in plan.trailers():
+            yield chunk

@@ -1,13 +1,15 @@
 """A fake OpenAI-compatible chat upstream for tests, demos and the load benchmark (no model, no network).
 
 Its reply quotes the last user message, so a test can tell which request a reply belongs to; questions
-mentioning "weather" get a tool call instead of text.
+mentioning "weather" get a tool call instead of text. Streamed replies go word by word, and each stream is
+logged (how many words were sent, whether it reached its end), so a test can tell when a proxy closed it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -30,17 +32,24 @@ def create_fake_upstream(
     delay_s: float = 0.0,
     fail_status: int | None = None,
     model: str = "fake-upstream",
+    word_delay_s: float = 0.0,
+    hold: threading.Event | None = None,
+    hold_after: int = 0,
 ) -> Any:
     """A FastAPI app with ``POST /v1/chat/completions`` (plain and streamed) and ``GET /v1/models``.
 
     ``delay_s`` delays every reply (to test timeouts); ``fail_status`` answers every request with that
     HTTP status and an OpenAI-shaped error. ``app.state.requests`` counts the chat requests received.
+    A streamed reply waits ``word_delay_s`` before each word; with ``hold``, it stops after ``hold_after``
+    words until ``hold`` is set (at most 30 s). ``app.state.streams`` logs each streamed reply as
+    ``{"words": total, "sent": sent so far, "finished": reached [DONE], "closed": its generator ended}``.
     """
     from fastapi import FastAPI
 
     app = FastAPI()
     app.state.requests = 0
     app.state.last_headers = {}
+    app.state.streams = []
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -106,21 +115,36 @@ def create_fake_upstream(
             }
             return f"data: {json.dumps(data)}\n\n"
 
+        words = [] if wants_tool else message["content"].split(" ")
+        log = {"words": len(words), "sent": 0, "finished": False, "closed": False}
+        app.state.streams.append(log)
+
         async def events() -> AsyncIterator[str]:
-            yield chunk({"role": "assistant", "content": ""})
-            if wants_tool:
-                call = message["tool_calls"][0]
-                yield chunk({"tool_calls": [{"index": 0, **call, "function": {**call["function"], "arguments": ""}}]})
-                yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": call["function"]["arguments"]}}]})
-            else:
-                words = message["content"].split(" ")
+            try:
+                yield chunk({"role": "assistant", "content": ""})
+                if wants_tool:
+                    call = message["tool_calls"][0]
+                    yield chunk(
+                        {"tool_calls": [{"index": 0, **call, "function": {**call["function"], "arguments": ""}}]}
+                    )
+                    yield chunk(
+                        {"tool_calls": [{"index": 0, "function": {"arguments": call["function"]["arguments"]}}]}
+                    )
                 for i, word in enumerate(words):
+                    if hold is not None and i == hold_after:
+                        await asyncio.to_thread(hold.wait, 30)
+                    if word_delay_s:
+                        await asyncio.sleep(word_delay_s)
                     yield chunk({"content": word if i == 0 else " " + word})
-            yield chunk({}, finish)
-            if (body.get("stream_options") or {}).get("include_usage"):
-                data = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "choices": []}
-                yield f"data: {json.dumps({**data, 'usage': usage})}\n\n"
-            yield "data: [DONE]\n\n"
+                    log["sent"] = i + 1
+                yield chunk({}, finish)
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    data = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "choices": []}
+                    yield f"data: {json.dumps({**data, 'usage': usage})}\n\n"
+                yield "data: [DONE]\n\n"
+                log["finished"] = True
+            finally:
+                log["closed"] = True
 
         return StreamingResponse(events(), media_type="text/event-stream")
 

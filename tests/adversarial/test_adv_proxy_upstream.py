@@ -4,7 +4,8 @@ A reply cut short must never come back corrected and marked complete: a stream t
 ``[DONE]`` or a ``finish_reason``, an aborted connection, a non-SSE body and an ``"abort"`` finish reason
 are 502s; ``finish_reason`` is relayed as the upstream sent it; events holding U+2028, U+2029 or U+0085
 are read and relayed whole; the upstream's ``Retry-After`` reaches the client; a client that leaves
-drops its queued correction.
+drops its queued correction. With ``stream_mode="segments"`` the same cuts are 502s while nothing has been
+sent, and a cut after corrected segments went out ends the stream with an error event, never a finish.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ STREAM = {**BODY, "stream": True}
 CUT = "Mail bob@exa"
 
 
-def _proxy(aligner: Aligner, url: str) -> TestClient:
-    return TestClient(create_proxy_app(aligner, upstream_base_url=url, upstream_timeout=5))
+def _proxy(aligner: Aligner, url: str, **options: Any) -> TestClient:
+    return TestClient(create_proxy_app(aligner, upstream_base_url=url, upstream_timeout=5, **options))
 
 
 def _first_content(events: list[Any]) -> str:
@@ -91,11 +92,12 @@ def _first_content(events: list[Any]) -> str:
     ],
     ids=lambda v: v if isinstance(v, str) and " " in v else "",
 )
+@pytest.mark.parametrize("stream_mode", ["whole", "segments"])
 def test_stream_cut_short_is_502_before_any_byte(
-    tiny_aligner: Aligner, raw_upstream: Any, case: str, reply: list[Any], message: str
+    tiny_aligner: Aligner, raw_upstream: Any, case: str, reply: list[Any], message: str, stream_mode: str
 ) -> None:
     upstream = raw_upstream(lambda request: reply)
-    client = _proxy(tiny_aligner, upstream.url)
+    client = _proxy(tiny_aligner, upstream.url, stream_mode=stream_mode)
     with client.stream("POST", "/v1/chat/completions", json=STREAM) as response:
         body = response.read().decode()
     assert response.status_code == 502, (case, body)
@@ -198,3 +200,45 @@ def test_departed_clients_drop_their_queued_corrections(raw_upstream: Any) -> No
         assert (
             reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"] == "fixed fixed fixed fixed"
         )
+
+
+@pytest.fixture(scope="module")
+def demo() -> Aligner:
+    from aligner_chains.core.model_files import default_model
+
+    return Aligner.from_pretrained(default_model())
+
+
+@pytest.mark.parametrize("cut", ["reset", "closed"])
+def test_segments_stream_cut_after_corrected_text_ends_with_an_error_event(
+    demo: Aligner, raw_upstream: Any, cut: str
+) -> None:
+    from segment_answers import ANSWER, QUESTION, words
+
+    sent = words(ANSWER)[:80]  # the first segment and part of the second
+    first, *_ = demo.stream_segments(QUESTION, sent)
+    # a pause (the first segment goes out corrected), then the stream breaks off or ends without a finish
+    events = [sse_chunk({"role": "assistant", "content": ""}), *(sse_chunk({"content": w}) for w in sent)]
+    end = RESET if cut == "reset" else END_CHUNKS
+    upstream = raw_upstream(lambda r: [http_head(), *chunked(*events), 2.5, end])
+    body = {**STREAM, "messages": [{"role": "user", "content": QUESTION}]}
+    reply = _proxy(demo, upstream.url, stream_mode="segments").post("/v1/chat/completions", json=body)
+    assert reply.status_code == 200  # the first corrected segment had gone out, and the status with it
+    payloads = sse_payloads(reply.text)
+    *chunks, last = payloads
+    assert _first_content(chunks) == first and "[EMAIL]" in first
+    assert "[DONE]" not in payloads and '"aligner"' not in reply.text  # no finish, no summary: not complete
+    assert all(c["finish_reason"] is None for e in chunks for c in e["choices"])
+    assert last["error"]["code"] == "upstream_incomplete"
+    assert ("broke off its stream" if cut == "reset" else "ended its stream without [DONE]") in last["error"]["message"]
+
+
+def test_segments_stream_cut_before_anything_was_sent_is_502(demo: Aligner, raw_upstream: Any) -> None:
+    from segment_answers import ANSWER, QUESTION, words
+
+    events = [sse_chunk({"content": w}) for w in words(ANSWER)[:80]]  # a whole first segment, then the cut at once
+    upstream = raw_upstream(lambda r: [http_head(), *chunked(*events), END_CHUNKS])
+    body = {**STREAM, "messages": [{"role": "user", "content": QUESTION}]}
+    reply = _proxy(demo, upstream.url, stream_mode="segments").post("/v1/chat/completions", json=body)
+    assert reply.status_code == 502 and reply.json()["error"]["code"] == "upstream_incomplete"
+    assert "ended its stream without [DONE]" in reply.json()["error"]["message"]
