@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import demo_quality, gpu, results, scale, serving_load, soak, speed
+from benchmarks import demo_quality, gpu, results, scale, serving_load, soak, speed, streaming
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
             or soak.main([])
             or demo_quality.main([])
             or scale.main([])
+            or streaming.main([])
             or (gpu.main([]) if torch.cuda.is_available() else 0)
         )
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -50,7 +51,7 @@ def timing_rows(aligner: Any, n: int, tokens: int = 300) -> list[dict[str, Any]]
             ids = tokenizer.raw(row["answer"], add_special_tokens=False)["input_ids"]
             pieces = [tokenizer.raw.decode(ids[:i]) for i in range(len(ids) + 1)]
         # token-sized text pieces that join to the decoded answer exactly
-        out.append({**row, "pieces": [b[len(a) :] for a, b in zip(pieces, pieces[1:], strict=False)]})
+        out.append({**row, "pieces": [b[len(a) :] for a, b in itertools.pairwise(pieces)]})
     return out
 
 

@@ -70,6 +70,19 @@ def test_demo_quality_benchmark_quick_run(capsys: pytest.CaptureFixture[str]) ->
 
 
 @pytest.mark.slow
+def test_streaming_benchmark_quick_run(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import streaming
+
+    before = RESULTS.read_text(encoding="utf-8")
+    assert streaming.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    for rate in ("30", "100"):
+        assert f"| {rate} | whole | " in out and f"| {rate} | segments | " in out
+    assert "segment-wise output equals the whole-answer output" in out and "nan" not in out
+    assert RESULTS.read_text(encoding="utf-8") == before
+
+
+@pytest.mark.slow
 def test_scale_benchmark_runs_every_path_and_checks_the_corrections(capsys: pytest.CaptureFixture[str]) -> None:
     from benchmarks import scale
 
@@ -86,7 +99,7 @@ def test_scale_benchmark_runs_every_path_and_checks_the_corrections(capsys: pyte
 def test_make_bench_writes_a_new_results_file_unless_asked_to_update(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from benchmarks import demo_quality, results, run, scale, serving_load, soak
+    from benchmarks import demo_quality, results, run, scale, serving_load, soak, streaming
     from benchmarks.results import TARGET_ENV, write_section
 
     def fake(title: str):
@@ -96,7 +109,7 @@ def test_make_bench_writes_a_new_results_file_unless_asked_to_update(
 
         return main
 
-    for module in (speed, serving_load, soak, demo_quality, scale, gpu):
+    for module in (speed, serving_load, soak, demo_quality, scale, streaming, gpu):
         monkeypatch.setattr(module, "main", fake(module.__name__.split(".")[-1]))
     monkeypatch.delenv(TARGET_ENV, raising=False)
     before = RESULTS.read_text(encoding="utf-8")
