@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "synthesize": 6,
     "langchain": 7,
     "llama_index": 7,
+    "bulk": 7,
     "server": 8,
     "cli": 9,
 }
@@ -244,7 +245,7 @@ def test_public_api_is_complete() -> None:
     assert not missing, f"names aligner_chains.core exposes but aligner_chains does not export: {missing}"
 
 
-@pytest.mark.parametrize("package", ["backends", "langchain", "llama_index", "finetune", "server"])
+@pytest.mark.parametrize("package", ["backends", "langchain", "llama_index", "finetune", "server", "bulk"])
 def test_subpackage_dir_lists_lazy_exports(package: str) -> None:
     module = __import__(f"aligner_chains.{package}", fromlist=["_"])
     exported = set(getattr(module, "__all__", ()))

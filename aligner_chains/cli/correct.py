@@ -10,16 +10,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from aligner_chains.cli.engine import add_engine_options, open_engine
 from aligner_chains.cli.options import (
     add_model_options,
     add_server_options,
-    completed_lines,
     job_chunk_size,
     load_aligner,
     positive_int,
     print_summary,
-    read_pair_lines,
 )
+from aligner_chains.cli.pair_files import completed_rows, finish_output, lines_file, read_pair_rows
 from aligner_chains.core.errors import DataError
 
 ON_ERROR_HELP = (
@@ -38,10 +38,17 @@ def add_cli(subparsers: Any) -> None:
     correct = subparsers.add_parser("correct", help="correct one answer, or a JSONL file of question/answer pairs")
     add_model_options(correct)
     add_server_options(correct)
+    add_engine_options(correct)
     correct.add_argument("-q", "--question")
     correct.add_argument("-a", "--answer")
-    correct.add_argument("--input", help="JSONL with 'question' and 'answer' on every line")
-    correct.add_argument("--output", help="JSONL of corrections, one line per input line (resumable)")
+    correct.add_argument(
+        "--input", help="JSONL with 'question' and 'answer' on every line, or a .parquet file with those columns"
+    )
+    correct.add_argument(
+        "--output",
+        help="JSONL of corrections, one line per input row (resumable); a .parquet name writes Parquet, built in "
+        "OUTPUT.lines.jsonl and written when every row is done",
+    )
     correct.add_argument("--batch-size", type=positive_int, default=16)
     correct.add_argument("--on-error", choices=["stop", "passthrough", "skip"], default="stop", help=ON_ERROR_HELP)
     correct.add_argument("--json", action="store_true", help="print the whole Correction as JSON")
@@ -60,6 +67,8 @@ def add_cli(subparsers: Any) -> None:
 
 def cmd_correct(args: argparse.Namespace) -> int:
     if args.input is None:
+        if args.engine != "local":
+            raise SystemExit("correct: --engine ray corrects files: give --input pairs.jsonl --output out.jsonl")
         if args.question is None or args.answer is None:
             raise SystemExit("correct: give -q/--question and -a/--answer, or --input pairs.jsonl --output out.jsonl")
         aligner = load_aligner(args)
@@ -76,12 +85,13 @@ def cmd_correct(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     started = time.perf_counter()
-    rows = read_pair_lines(Path(args.input))
+    rows = read_pair_rows(Path(args.input))
     output = Path(args.output)
-    done = completed_lines(output)
+    done = completed_rows(output)
     if done > len(rows):
         raise SystemExit(f"{output} has {done} lines but {args.input} only {len(rows)}: wrong output file?")
     if done == len(rows):
+        finish_output(output)  # a Parquet output killed before it was written
         print(f"{output}: all {done} lines already corrected.", file=sys.stderr)
         print_summary("correct", time.perf_counter() - started, done=0, note=f"{done} rows done before")
         return 0
@@ -89,24 +99,26 @@ def cmd_correct(args: argparse.Namespace) -> int:
         bad = next((row for row in rows[done:] if isinstance(row, DataError)), None)
         if bad is not None:
             raise DataError(f"{bad} Fix the line, or pass --on-error passthrough|skip.")
-    aligner = load_aligner(args)
+    engine = open_engine(args)
     counts = {"done": 0, "skipped": 0, "failed": 0}
     note = f"{done} rows done before" if done else ""
     with (
-        output.open("a", encoding="utf-8") as sink,
+        lines_file(output).open("a", encoding="utf-8") as sink,
         tqdm(total=len(rows), initial=done, unit="pair", disable=args.quiet) as bar,
     ):
         chunk_size = job_chunk_size(args, args.batch_size)
-        for start in range(done, len(rows), chunk_size):
+        starts = range(done, len(rows), chunk_size)
+        corrected = engine([rows[start : start + chunk_size] for start in starts], chunk_size)
+        for start, corrections in zip(starts, corrected, strict=True):
             chunk = rows[start : start + chunk_size]
-            pairs = [(row["question"], row["answer"]) for row in chunk if isinstance(row, dict)]
-            results = iter(aligner.correct_batch(pairs, batch_size=chunk_size, on_error="passthrough"))
+            results = iter(corrections)
             for number, row in enumerate(chunk, start=start + 1):
                 line, error = _output_line(row, None if isinstance(row, DataError) else next(results), args, number)
                 if error is not None and args.on_error == "stop":
                     bar.close()
                     print(
-                        f"error: {error}\nStopped there: the {number - 1} lines before it are in {output}. Fix "
+                        f"error: {error}\nStopped there: the {number - 1} lines before it are in "
+                        f"{lines_file(output)}. Fix "
                         "the line (or the settings) and rerun to resume at it, or pass --on-error passthrough|skip.",
                         file=sys.stderr,
                     )
@@ -121,6 +133,7 @@ def cmd_correct(args: argparse.Namespace) -> int:
                 sink.write(line)
                 bar.update(1)
             sink.flush()
+    finish_output(output)
     print_summary("correct", time.perf_counter() - started, **counts, note=note)
     return 0
 

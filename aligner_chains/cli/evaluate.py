@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from aligner_chains.cli.engine import add_engine_options, check_engine_options, eval_aligner
 from aligner_chains.cli.options import (
     add_server_options,
     job_chunk_size,
@@ -82,6 +83,7 @@ def add_cli(subparsers: Any) -> None:
     parser.add_argument("--retries", type=int, default=3)
     parser.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds (doubles)")
     add_server_options(parser)
+    add_engine_options(parser)
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--confidence", type=float, default=0.95)
     parser.add_argument("--seed", type=int, default=0)
@@ -240,7 +242,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         judges = build_judges(args.judge, args.dimension, _rubrics(args.rubric), both_orders=not args.single_order)
     aligner = None
     args.batch_size = job_chunk_size(args, args.batch_size)
-    if args.server:
+    check_engine_options(args)
+    if args.engine == "ray":
+        aligner = eval_aligner(args)
+    elif args.server:
         aligner = server_aligner(args, args.aligner)
     elif args.aligner:
         aligner = open_aligner(

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -18,7 +18,7 @@ from aligner_chains.core.generation import Backend, GenerationOutput, Generation
 from aligner_chains.core.model_files import default_model
 from aligner_chains.core.options import TokenizerMode, as_pair
 from aligner_chains.core.result import Correction
-from aligner_chains.core.segmented import DEFAULT_MIN_CHARS, Replacement, aiter_segmented, iter_segmented
+from aligner_chains.core.segmented import SegmentedCorrections
 from aligner_chains.core.templates import DEFAULT_TEMPLATE, Template, get_template, template_for_model
 from aligner_chains.core.threads import iterate_in_thread
 
@@ -51,7 +51,7 @@ class _Prepared:
         return self.answer
 
 
-class Aligner:
+class Aligner(SegmentedCorrections):
     """A corrector for upstream answers: render the template, generate, report a `Correction`.
 
     An empty or whitespace-only answer is not sent to the model: the result has ``corrected=""``,
@@ -577,70 +577,6 @@ class Aligner:
     async def astream(self, question: str, answer: str, **generation: Any) -> AsyncIterator[str]:
         """Async `stream`."""
         async for item in self.aiter_correction(question, answer, **generation):
-            if isinstance(item, str):
-                yield item
-
-    # ----------------------------------------------------------------- segment-wise (streamed upstream)
-
-    def iter_segments(
-        self,
-        question: str,
-        pieces: Iterable[str],
-        *,
-        min_chars: int = DEFAULT_MIN_CHARS,
-        replacement: Replacement = "end",
-        on_error: OnError | None = None,
-        **generation: Any,
-    ) -> Iterator[str | Correction]:
-        """Correct an answer while it streams in (``pieces``): yield each segment's correction as soon as the
-        segment is complete and corrected, then the `Correction` (``stats["stream_mode"] == "segments"``).
-
-        Segments end at paragraph, line and sentence boundaries after ``min_chars`` characters (never inside
-        code blocks, URLs, e-mail addresses or numbers); see `aligner_chains.core.segmented` for how a
-        segment's prompt is built and the ``replacement`` policy (a refusal ends the stream). With
-        ``on_error="passthrough"`` a segment that fails is shown as it came and marked in the result.
-        """
-        yield from iter_segmented(
-            self,
-            question,
-            pieces,
-            min_chars=min_chars,
-            replacement=replacement,
-            passthrough=self._policy(on_error) == "passthrough",
-            generation=generation,
-        )
-
-    def stream_segments(self, question: str, pieces: Iterable[str], **options: Any) -> Iterator[str]:
-        """The text pieces of `iter_segments`: the corrected answer, segment by segment."""
-        for item in self.iter_segments(question, pieces, **options):
-            if isinstance(item, str):
-                yield item
-
-    async def aiter_segments(
-        self,
-        question: str,
-        pieces: AsyncIterable[str],
-        *,
-        min_chars: int = DEFAULT_MIN_CHARS,
-        replacement: Replacement = "end",
-        on_error: OnError | None = None,
-        **generation: Any,
-    ) -> AsyncIterator[str | Correction]:
-        """Async `iter_segments` over an async stream of pieces (e.g. a chat model's ``astream``)."""
-        async for item in aiter_segmented(
-            self,
-            question,
-            pieces,
-            min_chars=min_chars,
-            replacement=replacement,
-            passthrough=self._policy(on_error) == "passthrough",
-            generation=generation,
-        ):
-            yield item
-
-    async def astream_segments(self, question: str, pieces: AsyncIterable[str], **options: Any) -> AsyncIterator[str]:
-        """The text pieces of `aiter_segments`."""
-        async for item in self.aiter_segments(question, pieces, **options):
             if isinstance(item, str):
                 yield item
 

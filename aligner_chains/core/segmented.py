@@ -36,7 +36,7 @@ from aligner_chains.core.result import Correction
 from aligner_chains.core.segments import Segmenter
 
 if TYPE_CHECKING:
-    from aligner_chains.core.aligner import Aligner
+    from aligner_chains.core.aligner import Aligner, OnError
 
 __all__ = [
     "DEFAULT_MIN_CHARS",
@@ -347,6 +347,72 @@ async def aiter_segmented(
                 await reader
             except (asyncio.CancelledError, Exception):
                 pass
+
+
+class SegmentedCorrections:
+    """The segment-wise methods of `Aligner` (``iter_segments`` and its kin), kept with the code they run."""
+
+    def iter_segments(
+        self,
+        question: str,
+        pieces: Iterable[str],
+        *,
+        min_chars: int = DEFAULT_MIN_CHARS,
+        replacement: Replacement = "end",
+        on_error: OnError | None = None,
+        **generation: Any,
+    ) -> Iterator[str | Correction]:
+        """Correct an answer while it streams in (``pieces``): yield each segment's correction as soon as the
+        segment is complete and corrected, then the `Correction` (``stats["stream_mode"] == "segments"``).
+
+        Segments end at paragraph, line and sentence boundaries after ``min_chars`` characters (never inside
+        code blocks, URLs, e-mail addresses or numbers); see `aligner_chains.core.segmented` for how a
+        segment's prompt is built and the ``replacement`` policy (a refusal ends the stream). With
+        ``on_error="passthrough"`` a segment that fails is shown as it came and marked in the result.
+        """
+        yield from iter_segmented(
+            self,
+            question,
+            pieces,
+            min_chars=min_chars,
+            replacement=replacement,
+            passthrough=self._policy(on_error) == "passthrough",
+            generation=generation,
+        )
+
+    def stream_segments(self, question: str, pieces: Iterable[str], **options: Any) -> Iterator[str]:
+        """The text pieces of `iter_segments`: the corrected answer, segment by segment."""
+        for item in self.iter_segments(question, pieces, **options):
+            if isinstance(item, str):
+                yield item
+
+    async def aiter_segments(
+        self,
+        question: str,
+        pieces: AsyncIterable[str],
+        *,
+        min_chars: int = DEFAULT_MIN_CHARS,
+        replacement: Replacement = "end",
+        on_error: OnError | None = None,
+        **generation: Any,
+    ) -> AsyncIterator[str | Correction]:
+        """Async `iter_segments` over an async stream of pieces (e.g. a chat model's ``astream``)."""
+        async for item in aiter_segmented(
+            self,
+            question,
+            pieces,
+            min_chars=min_chars,
+            replacement=replacement,
+            passthrough=self._policy(on_error) == "passthrough",
+            generation=generation,
+        ):
+            yield item
+
+    async def astream_segments(self, question: str, pieces: AsyncIterable[str], **options: Any) -> AsyncIterator[str]:
+        """The text pieces of `aiter_segments`."""
+        async for item in self.aiter_segments(question, pieces, **options):
+            if isinstance(item, str):
+                yield item
 
 
 class _Raised:

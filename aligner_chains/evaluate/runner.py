@@ -293,7 +293,8 @@ async def _correct_items(
 ) -> None:
     """Correct each distinct item the log has no correction for, one ``batch_size`` batch after another.
 
-    Local generation batches on one device, so the batches run in order, not concurrently.
+    Local generation batches on one device, so the batches run in order, not concurrently, unless the
+    aligner says how many may run at once (``concurrent_batches``: a `aligner_chains.bulk.RayAligner`'s actors).
     """
     todo = [i for k, i in first_of.items() if not _corrected_ok(journal.get(("correction", k)))]
 
@@ -316,7 +317,7 @@ async def _correct_items(
     await run_jobs(
         [partial(correct, todo[start : start + batch_size]) for start in range(0, len(todo), batch_size)],
         journal,
-        max_concurrency=1,
+        max_concurrency=getattr(aligner, "concurrent_batches", 1),
         total=len(first_of),
         done=len(first_of) - len(todo),
         unit="item",

@@ -8,9 +8,10 @@ imported on first use.
 from __future__ import annotations
 
 from aligner_chains._lazy import lazy_dir, lazy_getattr
+from aligner_chains.langchain.aligned_chain import AlignedChain
 from aligner_chains.langchain.chat_model import AlignedChatModel
 from aligner_chains.langchain.question import QUESTION_METADATA_KEY, extract_question
-from aligner_chains.langchain.runnable import DIFF_EVENT, AlignedChain, AlignerRunnable, MissingQuestionError
+from aligner_chains.langchain.runnable import DIFF_EVENT, AlignerRunnable, MissingQuestionError
 
 __all__ = [
     "DIFF_EVENT",

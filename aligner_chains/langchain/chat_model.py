@@ -28,10 +28,11 @@ from aligner_chains.langchain.question import QUESTION_METADATA_KEY
 from aligner_chains.langchain.runnable import AlignerRunnable
 from aligner_chains.langchain.segment_stream import UpstreamStopped, astop_stream, stop_stream
 
-__all__ = ["AlignedChatModel"]
+__all__ = ["AlignedChatModel", "UpstreamCalls", "as_ai_message", "chat_result"]
 
 
-def _as_ai_message(reply: Any) -> AIMessage:
+def as_ai_message(reply: Any) -> AIMessage:
+    """The upstream model's reply as an `AIMessage` (a string becomes its content; another message is copied)."""
     if isinstance(reply, AIMessage):
         return reply
     if isinstance(reply, str):
@@ -48,7 +49,7 @@ def _as_ai_chunk(chunk: Any) -> AIMessageChunk:
         return chunk
     if isinstance(chunk, str):
         return AIMessageChunk(content=chunk)
-    message = _as_ai_message(chunk)
+    message = as_ai_message(chunk)
     return AIMessageChunk(**message.model_dump(exclude={"type"}))
 
 
@@ -84,12 +85,13 @@ async def _aai_chunks(stream: AsyncIterator[Any]) -> AsyncIterator[AIMessageChun
         raise
 
 
-def _result(message: BaseMessage) -> ChatResult:
+def chat_result(message: BaseMessage) -> ChatResult:
+    """A `ChatResult` of one generation: what a chat model's ``_generate`` returns."""
     return ChatResult(generations=[ChatGeneration(message=message)])
 
 
 @dataclass
-class _Calls:
+class UpstreamCalls:
     """What one reply calls: the upstream model (config, keyword arguments), then the Aligner."""
 
     upstream_config: RunnableConfig
@@ -228,7 +230,7 @@ class AlignedChatModel(BaseChatModel):
 
     def _calls(
         self, messages: list[BaseMessage], stop: list[str] | None, run_manager: Any, kwargs: dict[str, Any]
-    ) -> _Calls:
+    ) -> UpstreamCalls:
         """The arguments of the upstream call and of the Aligner call for one reply."""
         callbacks = _child_callbacks(run_manager)
         stop = stop or self.stop
@@ -236,18 +238,20 @@ class AlignedChatModel(BaseChatModel):
         question = last_human_text(messages)
         if question is not None:
             aligner_config["metadata"] = {QUESTION_METADATA_KEY: question}
-        return _Calls(
+        return UpstreamCalls(
             upstream_config={"callbacks": callbacks, "tags": [NOSTREAM_TAG]},
             upstream_kwargs={**kwargs, "stop": stop} if stop else dict(kwargs),
             aligner_config=aligner_config,
             generation=self._generation(),
         )
 
-    def _corrected(self, upstream: Iterator[AIMessageChunk], calls: _Calls) -> Iterator[AIMessageChunk]:
+    def _corrected(self, upstream: Iterator[AIMessageChunk], calls: UpstreamCalls) -> Iterator[AIMessageChunk]:
         """The corrected chunks of a streamed reply."""
         return self.aligner.transform(upstream, calls.aligner_config, **calls.generation)
 
-    def _acorrected(self, upstream: AsyncIterator[AIMessageChunk], calls: _Calls) -> AsyncIterator[AIMessageChunk]:
+    def _acorrected(
+        self, upstream: AsyncIterator[AIMessageChunk], calls: UpstreamCalls
+    ) -> AsyncIterator[AIMessageChunk]:
         """Async `_corrected`."""
         return self.aligner.atransform(upstream, calls.aligner_config, **calls.generation)
 
@@ -264,7 +268,7 @@ class AlignedChatModel(BaseChatModel):
             return generate_from_stream(self._stream(messages, stop=stop, run_manager=run_manager, **kwargs))
         calls = self._calls(messages, stop, run_manager, kwargs)
         reply = self.llm.invoke(messages, calls.upstream_config, **calls.upstream_kwargs)
-        return _result(self.aligner.invoke(_as_ai_message(reply), calls.aligner_config, **calls.generation))
+        return chat_result(self.aligner.invoke(as_ai_message(reply), calls.aligner_config, **calls.generation))
 
     async def _agenerate(
         self,
@@ -277,7 +281,7 @@ class AlignedChatModel(BaseChatModel):
             return await agenerate_from_stream(self._astream(messages, stop=stop, run_manager=run_manager, **kwargs))
         calls = self._calls(messages, stop, run_manager, kwargs)
         reply = await self.llm.ainvoke(messages, calls.upstream_config, **calls.upstream_kwargs)
-        return _result(await self.aligner.ainvoke(_as_ai_message(reply), calls.aligner_config, **calls.generation))
+        return chat_result(await self.aligner.ainvoke(as_ai_message(reply), calls.aligner_config, **calls.generation))
 
     def _stream(
         self,

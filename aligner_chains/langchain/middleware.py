@@ -26,7 +26,7 @@ from pydantic import Field, SkipValidation
 from aligner_chains.core import Aligner
 from aligner_chains.core.errors import MissingDependencyError
 from aligner_chains.core.segmented import StreamMode
-from aligner_chains.langchain.chat_model import AlignedChatModel, _as_ai_message, _Calls, _result
+from aligner_chains.langchain.chat_model import AlignedChatModel, UpstreamCalls, as_ai_message, chat_result
 from aligner_chains.langchain.messages import is_tool_call_only, last_human_text
 from aligner_chains.langchain.question import QUESTION_METADATA_KEY
 from aligner_chains.langchain.runnable import AlignerRunnable
@@ -131,12 +131,14 @@ class _AgentModel(AlignedChatModel):
         if turn.id is not None:
             self.tool_turns[turn.id] = cast(AIMessage, message_chunk_to_message(turn))
 
-    def _corrected(self, upstream: Iterator[AIMessageChunk], calls: _Calls) -> Iterator[AIMessageChunk]:
+    def _corrected(self, upstream: Iterator[AIMessageChunk], calls: UpstreamCalls) -> Iterator[AIMessageChunk]:
         return self.aligner.transform_segments(
             upstream, calls.aligner_config, on_tool_turn=self._keep, **calls.generation
         )
 
-    def _acorrected(self, upstream: AsyncIterator[AIMessageChunk], calls: _Calls) -> AsyncIterator[AIMessageChunk]:
+    def _acorrected(
+        self, upstream: AsyncIterator[AIMessageChunk], calls: UpstreamCalls
+    ) -> AsyncIterator[AIMessageChunk]:
         return self.aligner.atransform_segments(
             upstream, calls.aligner_config, on_tool_turn=self._keep, **calls.generation
         )
@@ -149,7 +151,7 @@ class _AgentModel(AlignedChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         calls = self._calls(messages, stop, run_manager, kwargs)
-        return _result(_as_ai_message(self.llm.invoke(messages, calls.upstream_config, **calls.upstream_kwargs)))
+        return chat_result(as_ai_message(self.llm.invoke(messages, calls.upstream_config, **calls.upstream_kwargs)))
 
     async def _agenerate(
         self,
@@ -160,7 +162,7 @@ class _AgentModel(AlignedChatModel):
     ) -> ChatResult:
         calls = self._calls(messages, stop, run_manager, kwargs)
         reply = await self.llm.ainvoke(messages, calls.upstream_config, **calls.upstream_kwargs)
-        return _result(_as_ai_message(reply))
+        return chat_result(as_ai_message(reply))
 
 
 def _streamed_correction(message: AIMessage) -> bool:

@@ -13,7 +13,7 @@ import functools
 import threading
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForChainRun,
@@ -23,7 +23,6 @@ from langchain_core.callbacks import (
 )
 from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
-from langchain_core.runnables.config import patch_config
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from aligner_chains.core import LOADING_OPTIONS, Aligner, default_model, resolve_aligner
@@ -33,7 +32,7 @@ from aligner_chains.core.result import Correction
 from aligner_chains.core.segmented import DEFAULT_MIN_CHARS, DEFAULT_STREAM_MODE, StreamMode, check_stream_mode
 from aligner_chains.core.templates import Template
 from aligner_chains.langchain.messages import is_tool_call_only, message_text
-from aligner_chains.langchain.question import DEFAULT_QUESTION_KEYS, QUESTION_METADATA_KEY, extract_question, recorder
+from aligner_chains.langchain.question import DEFAULT_QUESTION_KEYS, QUESTION_METADATA_KEY, recorder
 from aligner_chains.langchain.segment_stream import (
     AsyncUpstream,
     SegmentFeed,
@@ -52,10 +51,13 @@ from aligner_chains.langchain.translation import (
     diff_payload,
     parse_input,
 )
+from aligner_chains.langchain.unloaded import UnloadedAligner
+
+if TYPE_CHECKING:
+    from aligner_chains.langchain.aligned_chain import AlignedChain
 
 __all__ = [
     "DIFF_EVENT",
-    "AlignedChain",
     "AlignerRunnable",
     "MissingQuestionError",
 ]
@@ -82,49 +84,6 @@ class _HybridMethod:
 
     def __get__(self, obj: Any, owner: type) -> Any:
         return functools.partial(self.func, owner, obj)
-
-
-@dataclass
-class _Unloaded:
-    """Stands in for an Aligner that could not be loaded under ``on_error="passthrough"``: answers pass through."""
-
-    error: Exception
-    template: str
-    model: str
-
-    def _failed(self, question: str, answer: str) -> Correction:
-        return Correction.failed(question, answer, self.error, template=self.template, model=self.model)
-
-    def correct_batch(self, pairs: list[tuple[str, str]], batch_size: int = 16, **_: Any) -> list[Correction]:
-        return [self._failed(question, answer) for question, answer in pairs]
-
-    async def acorrect_batch(self, pairs: list[tuple[str, str]], batch_size: int = 16, **_: Any) -> list[Correction]:
-        return self.correct_batch(pairs)
-
-    def iter_correction(self, question: str, answer: str, **_: Any) -> Iterator[str | Correction]:
-        return iter((answer, self._failed(question, answer)))
-
-    def aiter_correction(self, question: str, answer: str, **_: Any) -> AsyncIterator[str | Correction]:
-        return aiter_values(*self.iter_correction(question, answer))
-
-    def _segments_failed(self, question: str, answer: str) -> Correction:
-        return self._failed(question, answer).model_copy(update={"stats": {"stream_mode": "segments"}})
-
-    def iter_segments(self, question: str, pieces: Iterable[str], **_: Any) -> Iterator[str | Correction]:
-        answer = ""
-        for piece in pieces:  # each piece as it streams in, unchanged
-            answer += piece
-            yield piece
-        yield self._segments_failed(question, answer)
-
-    async def aiter_segments(
-        self, question: str, pieces: AsyncIterable[str], **_: Any
-    ) -> AsyncIterator[str | Correction]:
-        answer = ""
-        async for piece in pieces:
-            answer += piece
-            yield piece
-        yield self._segments_failed(question, answer)
 
 
 @dataclass
@@ -260,6 +219,8 @@ class AlignerRunnable(TracedRunnableMixin, RunnableSerializable[AlignerInput, Al
         Call it on the class (``AlignerRunnable.wrap(chain, model="demo")``) or on an instance
         (``AlignerRunnable(model="demo").wrap(chain)``); keyword options configure the Aligner.
         """
+        from aligner_chains.langchain.aligned_chain import AlignedChain
+
         aligner = cls(**options) if self is None else self.with_options(**options)
         return AlignedChain(chain=chain, aligner=aligner)
 
@@ -276,7 +237,7 @@ class AlignerRunnable(TracedRunnableMixin, RunnableSerializable[AlignerInput, Al
 
     # ----------------------------------------------------------------- loading
 
-    def _loaded(self) -> Aligner | _Unloaded:
+    def _loaded(self) -> Aligner | UnloadedAligner:
         """The Aligner; if it cannot load and ``on_error="passthrough"``, a stand-in that passes answers through."""
         try:
             return self.get_aligner()
@@ -284,9 +245,9 @@ class AlignerRunnable(TracedRunnableMixin, RunnableSerializable[AlignerInput, Al
             if self.on_error == "raise":
                 raise
             template = self.template.name if isinstance(self.template, Template) else (self.template or "")
-            return _Unloaded(exc, template=template, model=self.model_name)
+            return UnloadedAligner(exc, template=template, model=self.model_name)
 
-    async def _aloaded(self) -> Aligner | _Unloaded:
+    async def _aloaded(self) -> Aligner | UnloadedAligner:
         """`_loaded`, loading in a worker thread so that a first load does not block the event loop."""
         return self._aligner if self._aligner is not None else await asyncio.to_thread(self._loaded)
 
@@ -612,112 +573,3 @@ class AlignerRunnable(TracedRunnableMixin, RunnableSerializable[AlignerInput, Al
         finally:
             if owner or not feed.started:
                 await upstream.astop()
-
-
-class AlignedChain(TracedRunnableMixin, RunnableSerializable[Any, Any]):
-    """``chain`` then ``aligner``, the question read explicitly from the chain's input (`AlignerRunnable.wrap`).
-
-    ``invoke`` runs the chain, then corrects its answer to the question found in the input; ``batch``
-    batches the chain, then corrects all its answers in one batched correction; ``stream`` streams the
-    chain's answer into the Aligner, then streams the correction.
-    """
-
-    chain: Runnable[Any, Any]
-    aligner: AlignerRunnable
-    name: str | None = "AlignedChain"
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    def _question(self, value: Any) -> str | None:
-        return extract_question(value, (self.aligner.question_key, *DEFAULT_QUESTION_KEYS))
-
-    def _chain_config(self, config: RunnableConfig, run_manager: Any) -> RunnableConfig:
-        return patch_config(config, callbacks=run_manager.get_child("aligned:chain"))
-
-    def _aligner_config(self, config: RunnableConfig, run_manager: Any, question: str | None) -> RunnableConfig:
-        child = patch_config(config, callbacks=run_manager.get_child("aligned:aligner"))
-        if question is not None:
-            child["metadata"] = {**(child.get("metadata") or {}), QUESTION_METADATA_KEY: question}
-        return child
-
-    def _chain_configs(self, configs: list[RunnableConfig], run_managers: list[Any]) -> list[RunnableConfig]:
-        return [self._chain_config(c, rm) for c, rm in zip(configs, run_managers, strict=True)]
-
-    def _aligner_batch(
-        self, values: list[Any], answers: list[Any], configs: list[RunnableConfig], run_managers: list[Any]
-    ) -> tuple[list[int], list[Any], list[RunnableConfig]]:
-        """(indices, answers, configs) of the chain's answers that are not exceptions, for the Aligner."""
-        ok = [i for i, answer in enumerate(answers) if not isinstance(answer, Exception)]
-        inputs = [answers[i] for i in ok]
-        return ok, inputs, [self._aligner_config(configs[i], run_managers[i], self._question(values[i])) for i in ok]
-
-    @staticmethod
-    def _merge(answers: list[Any], ok: list[int], corrected: list[Any]) -> list[Any]:
-        out = list(answers)
-        for i, result in zip(ok, corrected, strict=True):
-            out[i] = result
-        return out
-
-    def _invoke(
-        self, value: Any, run_manager: CallbackManagerForChainRun, config: RunnableConfig, **kwargs: Any
-    ) -> Any:
-        answer = self.chain.invoke(value, self._chain_config(config, run_manager), **kwargs)
-        return self.aligner.invoke(answer, self._aligner_config(config, run_manager, self._question(value)))
-
-    async def _ainvoke(
-        self, value: Any, run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig, **kwargs: Any
-    ) -> Any:
-        answer = await self.chain.ainvoke(value, self._chain_config(config, run_manager), **kwargs)
-        return await self.aligner.ainvoke(answer, self._aligner_config(config, run_manager, self._question(value)))
-
-    def _batch(
-        self,
-        values: list[Any],
-        run_manager: list[CallbackManagerForChainRun],
-        config: list[RunnableConfig],
-        *,
-        return_exceptions: bool = False,
-        **kwargs: Any,
-    ) -> list[Any]:
-        configs = self._chain_configs(config, run_manager)
-        answers = self.chain.batch(values, configs, return_exceptions=return_exceptions, **kwargs)
-        ok, inputs, aligner_configs = self._aligner_batch(values, answers, config, run_manager)
-        return self._merge(
-            answers, ok, self.aligner.batch(inputs, aligner_configs, return_exceptions=return_exceptions)
-        )
-
-    async def _abatch(
-        self,
-        values: list[Any],
-        run_manager: list[AsyncCallbackManagerForChainRun],
-        config: list[RunnableConfig],
-        *,
-        return_exceptions: bool = False,
-        **kwargs: Any,
-    ) -> list[Any]:
-        configs = self._chain_configs(config, run_manager)
-        answers = await self.chain.abatch(values, configs, return_exceptions=return_exceptions, **kwargs)
-        ok, inputs, aligner_configs = self._aligner_batch(values, answers, config, run_manager)
-        corrected = await self.aligner.abatch(inputs, aligner_configs, return_exceptions=return_exceptions)
-        return self._merge(answers, ok, corrected)
-
-    def _transform(
-        self, chunks: Iterator[Any], run_manager: CallbackManagerForChainRun, config: RunnableConfig, **kwargs: Any
-    ) -> Iterator[Any]:
-        value = collect_chunks(chunks)
-        answers = self.chain.transform(iter([value]), self._chain_config(config, run_manager), **kwargs)
-        yield from self.aligner.transform(answers, self._aligner_config(config, run_manager, self._question(value)))
-
-    async def _atransform(
-        self,
-        chunks: AsyncIterator[Any],
-        run_manager: AsyncCallbackManagerForChainRun,
-        config: RunnableConfig,
-        **kwargs: Any,
-    ) -> AsyncIterator[Any]:
-        value = await acollect_chunks(chunks)
-        answers = self.chain.atransform(aiter_values(value), self._chain_config(config, run_manager), **kwargs)
-        async for out in self.aligner.atransform(
-            answers, self._aligner_config(config, run_manager, self._question(value))
-        ):
-            yield out

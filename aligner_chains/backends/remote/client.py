@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
-from aligner_chains.backends.remote.fleet import ServerFleet
+from aligner_chains.backends.remote.fleet import ServerFleet, server_root
 from aligner_chains.backends.remote.protocol import (
     error_message,
     estimate_tokens,
@@ -145,7 +145,7 @@ class RemoteBackend(Backend):
         self.fleet = ServerFleet(
             [
                 HTTPTransport(
-                    _server_root(url),
+                    server_root(url),
                     api_key=key,
                     api_key_env=api_key_env,
                     timeout=timeout,
@@ -238,26 +238,8 @@ class RemoteBackend(Backend):
         return self._models
 
     def check_servers(self) -> None:
-        """Check that every server of the fleet is up and lists this model (when it lists models at all).
-
-        Raises `BackendError` naming a server that cannot be reached and `ConfigError` naming one that
-        serves other models: a typo in one of many URLs fails at start, not a quarter into a job.
-        """
-        name = self.name
-        for transport in self.fleet.transports:
-            try:
-                data = transport.request_json("GET", "/v1/models")
-            except BackendError as exc:
-                if exc.status_code in (404, 405):
-                    continue  # a server without /v1/models: only its answers can tell
-                raise
-            entries = data.get("data") if isinstance(data, dict) else None
-            ids = [e.get("id") for e in entries or [] if isinstance(e, dict) and isinstance(e.get("id"), str)]
-            if ids and name not in ids:
-                raise ConfigError(
-                    f"The server at {transport.base_url} does not serve model {name!r} (it lists {', '.join(ids)}); "
-                    "every server given must serve the same model."
-                )
+        """Check that every server is up and lists this model (`ServerFleet.check_model`)."""
+        self.fleet.check_model(self.name)
 
     def _model_info(self) -> dict[str, Any] | None:
         name = self.name
@@ -607,12 +589,6 @@ class RemoteBackend(Backend):
         urls = self.fleet.urls
         where = repr(urls[0]) if len(urls) == 1 else repr(urls)
         return f"RemoteBackend(base_url={where}, model={self._model!r}, api_key={key!r})"
-
-
-def _server_root(url: str) -> str:
-    """A server URL without trailing slashes and ``/v1``: the root the API paths are appended to."""
-    root = url.strip().rstrip("/")
-    return root[: -len("/v1")] if root.endswith("/v1") else root
 
 
 def _stop_reason(choice: dict[str, Any]) -> Any:

@@ -22,7 +22,13 @@ from aligner_chains.core.errors import BackendError, BackendTimeoutError, Config
 
 T = TypeVar("T")
 
-__all__ = ["ServerFleet", "is_server_failure"]
+__all__ = ["ServerFleet", "is_server_failure", "server_root"]
+
+
+def server_root(url: str) -> str:
+    """A server URL without trailing slashes and ``/v1``: the root the API paths are appended to."""
+    root = url.strip().rstrip("/")
+    return root[: -len("/v1")] if root.endswith("/v1") else root
 
 
 def is_server_failure(exc: BaseException) -> bool:
@@ -129,6 +135,27 @@ class ServerFleet:
     def request_json(self, method: str, path: str, body: Any = None, *, retry: bool = True) -> Any:
         """`HTTPTransport.request_json` on the least busy server, failing over as `call` does."""
         return self.call(lambda transport: transport.request_json(method, path, body, retry=retry))
+
+    def check_model(self, name: str) -> None:
+        """Check that every server is up and lists model ``name`` (when it lists models at all).
+
+        Raises `BackendError` naming a server that cannot be reached and `ConfigError` naming one that
+        serves other models: a typo in one of many URLs fails at start, not a quarter into a job.
+        """
+        for transport in self.transports:
+            try:
+                data = transport.request_json("GET", "/v1/models")
+            except BackendError as exc:
+                if exc.status_code in (404, 405):
+                    continue  # a server without /v1/models: only its answers can tell
+                raise
+            entries = data.get("data") if isinstance(data, dict) else None
+            ids = [e.get("id") for e in entries or [] if isinstance(e, dict) and isinstance(e.get("id"), str)]
+            if ids and name not in ids:
+                raise ConfigError(
+                    f"The server at {transport.base_url} does not serve model {name!r} (it lists {', '.join(ids)}); "
+                    "every server given must serve the same model."
+                )
 
     def close(self) -> None:
         for transport in self.transports:
