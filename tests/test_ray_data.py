@@ -308,3 +308,16 @@ def test_eval_on_ray_journals_the_same_corrections(ray_address: str, tmp_path: P
     assert len(on_ray) == 8
     assert on_ray == corrections(tmp_path / "local")
     assert corrections(tmp_path / "ray", *RAY) == on_ray  # resumed: every correction is in the journal
+
+
+def test_synthesize_with_an_aligner_teacher_on_ray_equals_local(ray_address: str, tmp_path: Path) -> None:
+    rows = [{"question": r["question"], "answer": r["answer"]} for r in fixture_rows()[:6]]
+    questions = write_jsonl(tmp_path / "questions.jsonl", rows)
+    argv = ["synthesize", "--questions", str(questions), "--aligner", default_model()]
+    argv += ["--max-new-tokens", str(MAX_NEW_TOKENS), "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "local.jsonl")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "ray.jsonl"), *RAY]) == 0
+    local = (tmp_path / "local.jsonl").read_text(encoding="utf-8")
+    assert local == (tmp_path / "ray.jsonl").read_text(encoding="utf-8") and local.count("\n") > 0
+    with pytest.raises(SystemExit, match="--engine ray runs an Aligner teacher"):
+        main(["synthesize", "--questions", str(questions), "--out", "x.jsonl", "--teacher", "m:f", *RAY])

@@ -127,7 +127,8 @@ def _pairs(chunk: Sequence[Any]) -> list[tuple[str, str]]:
 
 
 def eval_aligner(args: argparse.Namespace) -> Any:
-    """``eval --engine ray``: a `RayAligner` whose actors each hold the ``--aligner`` (or the ``--server`` one)."""
+    """``eval`` / ``synthesize --engine ray``: a `RayAligner` whose actors each hold the ``--aligner`` (or the
+    ``--server`` one)."""
     from aligner_chains.bulk.ray_data import RayAligner, start_ray
 
     check_engine_options(args)
@@ -137,6 +138,6 @@ def eval_aligner(args: argparse.Namespace) -> Any:
     return RayAligner(
         aligner_spec(args, args.aligner),
         actors=args.actors or 1,
-        batch_size=args.batch_size,
+        batch_size=getattr(args, "batch_size", 1),  # synthesize sends one pair per call
         num_gpus=args.num_gpus_per_actor,
     )

@@ -7,6 +7,7 @@ import sys
 import time
 from typing import Any
 
+from aligner_chains.cli.engine import add_engine_options, check_engine_options, eval_aligner
 from aligner_chains.cli.options import (
     MODEL_HELP,
     add_server_options,
@@ -68,6 +69,7 @@ def add_cli(subparsers: Any) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_server_options(parser)
+    add_engine_options(parser)
     parser.set_defaults(func=cmd_synthesize)
 
 
@@ -77,8 +79,13 @@ def _teacher(args: argparse.Namespace) -> Any:
 
     if args.teacher and (args.server or args.aligner):
         raise SystemExit("synthesize: give one teacher: --teacher SPEC, or an Aligner (--aligner MODEL, --server URL).")
+    check_engine_options(args)
     if args.teacher:
+        if args.engine == "ray":
+            raise SystemExit("synthesize: --engine ray runs an Aligner teacher (--aligner or --server), not --teacher.")
         return load_object(args.teacher, what="teacher")
+    if args.engine == "ray":
+        return eval_aligner(args)
     if args.server:
         return server_aligner(args, args.aligner)
     if args.aligner:

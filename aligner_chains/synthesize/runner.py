@@ -228,7 +228,7 @@ async def asynthesize(
     policy = RetryPolicy(retries=retries, backoff=backoff)
     if not 0 <= identity <= 1:
         raise ConfigError(f"identity={identity!r}: use a fraction of rows between 0 and 1.")
-    if not isinstance(teacher, Aligner) and (teacher is None or not (hasattr(teacher, "ainvoke") or callable(teacher))):
+    if not _corrects(teacher) and (teacher is None or not (hasattr(teacher, "ainvoke") or callable(teacher))):
         raise ConfigError(
             f"teacher must be a LangChain chat model, a callable or an Aligner, got {type(teacher).__name__}."
         )
@@ -348,11 +348,16 @@ class _Pipeline:
         messages = self.prompt.messages(row.question, answer)
         config = {"run_name": "synthesize.teacher"}
         try:
-            if isinstance(self.teacher, Aligner):
+            if isinstance(self.teacher, Aligner):  # joins the micro-batch of concurrent questions
                 result, attempts = await call_with_retries(
                     lambda: self.teacher.acorrect(row.question, answer), self.policy
                 )
                 correction = result.corrected
+            elif _corrects(self.teacher):  # an Aligner elsewhere (e.g. `RayAligner`): a batch of one
+                results, attempts = await call_with_retries(
+                    lambda: self.teacher.acorrect_batch([(row.question, answer)], 1), self.policy
+                )
+                correction = results[0].corrected
             else:
                 out, attempts = await call_with_retries(
                     lambda: ainvoke(self.teacher, messages, config=config), self.policy
@@ -362,3 +367,8 @@ class _Pipeline:
             return {**record, "status": "error", "stage": "teacher", "error": str(exc)}
         record["attempts"] += attempts
         return {**record, "correction": correction}
+
+
+def _corrects(teacher: Any) -> bool:
+    """Whether ``teacher`` is an Aligner (or an object that corrects as one, such as `RayAligner`)."""
+    return isinstance(teacher, Aligner) or hasattr(teacher, "acorrect_batch")
