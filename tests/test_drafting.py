@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from aligner_chains.backends.local.blocks import tree_ancestry
 from aligner_chains.backends.local.drafting import (
     ACCELERATOR_COST,
     CPU_COST,
@@ -25,7 +26,7 @@ from aligner_chains.backends.local.drafting import (
     plan_trees,
 )
 from aligner_chains.backends.local.loading import load_model
-from aligner_chains.backends.local.speculative import CopyAwareSpeculative, _ancestry
+from aligner_chains.backends.local.speculative import CopyAwareSpeculative
 from aligner_chains.core.errors import ConfigError
 from aligner_chains.core.generation import GenerationParams
 
@@ -54,7 +55,7 @@ def test_tree_merges_candidates_and_follows_the_models_choice() -> None:
 def test_tree_mask_lets_each_draft_see_only_its_ancestors() -> None:
     tree = DraftTree.build([Candidate([1, 2, 3], 0), Candidate([1, 7, 8], None), Candidate([9], None)])
     assert tree.parents == [-1, 0, 1, 0, 3, -1]
-    seen = _ancestry(tree, 8, torch.device("cpu"))
+    seen = tree_ancestry(tree, 8, torch.device("cpu"))
     visible = [sorted(torch.nonzero(row).flatten().tolist()) for row in seen]
     assert visible == [
         [0],  # the root (the last token written)

@@ -126,6 +126,7 @@ async def test_local_micro_batch_equals_single_calls(tiny_model_dir: Path) -> No
         return original(prompts, params, **kwargs)
 
     batched.backend.generate = spy  # type: ignore[method-assign]
+    batched.backend.open_session = lambda params: None  # type: ignore[method-assign]  # whole batches only
     results = await asyncio.gather(*(batched.acorrect(q, a) for q, a in pairs))
     assert [r.corrected for r in results] == expected
     assert sizes == [3]

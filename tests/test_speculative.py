@@ -7,9 +7,10 @@ import torch
 from transformers import DynamicCache
 
 from aligner_chains import Aligner, GenerationParams
+from aligner_chains.backends.local.blocks import joinable, length_groups
 from aligner_chains.backends.local.drafting import Row, block_width
 from aligner_chains.backends.local.loading import load_model
-from aligner_chains.backends.local.speculative import CopyAwareSpeculative, _joinable, length_groups
+from aligner_chains.backends.local.speculative import CopyAwareSpeculative
 from aligner_chains.backends.local.strategy import DecodingStrategy, HFGenerate
 from aligner_chains.demo import DEMO_MODEL_DIR
 
@@ -248,7 +249,7 @@ def test_grouped_prompt_pass_is_exact(tiny_model_dir: Path, pass_cost: int) -> N
     prompts = ["a", "The quick brown fox jumps over the lazy dog again and again, " * 3, "short one", "hi there"]
     batch, expected = greedy_ids(loaded, prompts, 20)
     assert len(length_groups(batch["attention_mask"].sum(-1).tolist(), pass_cost)) == (4 if pass_cost == 0 else 1)
-    assert _joinable(DynamicCache(config=loaded.model.config))  # so the four caches really are joined
+    assert joinable(DynamicCache(config=loaded.model.config))  # so the four caches really are joined
     strategy = CopyAwareSpeculative(max_draft=8, pass_cost_tokens=pass_cost)
     result = run_decode(strategy, loaded, batch, 20, sources=[ids[:12] for ids in expected])
     eos = loaded.tokenizer.eos_token_id

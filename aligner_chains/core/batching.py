@@ -1,4 +1,9 @@
-"""Micro-batching: concurrent single requests that arrive close together share one batched generation."""
+"""Micro-batching: concurrent single requests share one batched generation.
+
+Where the backend runs an in-flight batch (`Backend.open_session`: the local backend with copy-aware
+decoding), requests that arrive while it decodes join it at its next forward pass and each leaves as
+soon as it is done; elsewhere requests that arrive close together run as one `generate` call.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,14 @@ import queue
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 from aligner_chains.core.errors import BackendError
-from aligner_chains.core.generation import Backend, GenerationOutput, GenerationParams, StopSignal
+from aligner_chains.core.generation import Backend, DecodeSession, GenerationOutput, GenerationParams, StopSignal
 
 
 class RequestFuture(Future):  # type: ignore[type-arg]
@@ -50,6 +56,9 @@ class _Request:
         """Requests with equal settings (apart from their token limit) can share a batch."""
         return self.params.with_max_new_tokens(None).model_dump_json()
 
+    def limit(self) -> int:
+        return int(self.params.max_new_tokens or 1)
+
 
 class MicroBatcher:
     """Collects requests for up to ``max_wait_ms`` (or ``max_batch_size`` of them) and runs them as one batch.
@@ -57,19 +66,31 @@ class MicroBatcher:
     Each caller gets its own result through a future; when a batch fails, its requests are retried
     one by one, so one bad request does not fail the others.
 
+    With ``inflight`` (default) and a backend that opens a `DecodeSession` for the batch's settings, the
+    batch keeps running while requests come: new ones with the same settings join at the next pass (up
+    to ``max_batch_size`` rows), a finished row's caller gets its result at once, and a row whose caller
+    has gone leaves. Requests with other settings wait until it drains (first come, first served).
+
     The batcher holds its backend weakly and its worker thread ends after ``idle_s`` without requests
     (the next request starts a new one), at once when the backend is gone: dropping every Aligner of a
     model frees the model. A worker that dies fails every request it holds or that waits in the queue.
     """
 
     def __init__(
-        self, backend: Backend, max_batch_size: int = 16, max_wait_ms: float = 5.0, idle_s: float = 30.0
+        self,
+        backend: Backend,
+        max_batch_size: int = 16,
+        max_wait_ms: float = 5.0,
+        idle_s: float = 30.0,
+        inflight: bool = True,
     ) -> None:
         self._backend = weakref.ref(backend)
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000
         self.idle_s = idle_s
+        self.inflight = inflight
         self._queue: queue.Queue[_Request] = queue.Queue()
+        self._held: list[_Request] = []  # taken off the queue by the worker, not yet resolved
         self._worker: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self.batches_run = 0
@@ -101,17 +122,17 @@ class MicroBatcher:
 
     def _serve(self) -> None:
         """The worker: run batches until idle (or the backend is gone); if it dies, fail every waiter."""
-        batch: list[_Request] = []
         try:
             while (batch := self._collect()) is not None:
-                self._run_batch(batch)
-                batch = []
+                self._held = batch
+                self._run_batch(deque(batch))
+                self._held = []
         except BaseException as exc:
             error = BackendError(f"The micro-batching worker died: {type(exc).__name__}: {exc}")
             error.__cause__ = exc
             with self._start_lock:
                 self._worker = None
-                for request in [*batch, *_drain(self._queue)]:
+                for request in [*self._held, *_drain(self._queue)]:
                     if not request.future.done():
                         request.future.set_exception(error)
             if not isinstance(exc, Exception):
@@ -141,16 +162,82 @@ class MicroBatcher:
                 break
         return batch
 
-    def _run_batch(self, batch: list[_Request]) -> None:
-        groups: dict[str, list[_Request]] = {}
-        for request in batch:
-            if request.future.set_running_or_notify_cancel():  # skip callers that gave up
-                groups.setdefault(request.key(), []).append(request)
-        for group in groups.values():
-            self._run(group)
+    def _run_batch(self, pending: deque[_Request]) -> None:
+        """Run the queued requests, oldest first: each run takes the oldest one's settings and every
+        request with the same settings (in-flight, also those that arrive while it runs)."""
+        while pending:
+            key = pending[0].key()
+            group = [request for request in pending if request.key() == key][: self.max_batch_size]
+            for request in group:
+                pending.remove(request)
+            session = self._open_session(group[0].params) if self.inflight else None
+            if session is None:
+                self._run([request for request in group if request.future.set_running_or_notify_cancel()])
+            else:
+                self._drive(session, group, pending)
+                del session  # the session holds the backend: let it go before waiting for more
+
+    def _open_session(self, params: GenerationParams) -> DecodeSession | None:
+        backend = self._backend()
+        return None if backend is None else backend.open_session(params)
+
+    def _drive(self, session: DecodeSession, group: list[_Request], pending: deque[_Request]) -> None:
+        """Run ``group`` as one in-flight batch until its last row is done.
+
+        Between passes: requests queued since, with the same settings and at the head of the line, join
+        (their prompt pass runs then); finished rows resolve; rows whose callers gave up leave. If a pass
+        fails, every row still in the batch is run again alone, so the failure stays with its request.
+        """
+        key = group[0].key()
+        live: dict[int, tuple[Any, _Request]] = {}
+        joining = group
+        while True:
+            self._admit(session, joining, live)
+            for handle, output in session.finished():
+                live.pop(id(handle))[1].future.set_result(output)
+            gone = [handle for handle, request in live.values() if request.future.abandoned.is_set()]
+            if gone:
+                session.remove(gone)
+                for handle in gone:
+                    live.pop(id(handle))[1].future.set_exception(BackendError("The caller gave up on this request."))
+            arrived = _drain(self._queue)
+            self._held += arrived
+            pending.extend(arrived)
+            joining = []
+            while pending and pending[0].key() == key and len(live) + len(joining) < self.max_batch_size:
+                joining.append(pending.popleft())
+            if not live and not joining:
+                self.batches_run += 1
+                self._held = [request for request in self._held if not request.future.done()]
+                return
+            if not live:
+                continue
+            try:
+                session.step()
+            except Exception:  # the batch's state is suspect now: its rows run alone, the next run opens anew
+                self._run([request for _, request in live.values()])
+                return
+
+    def _admit(self, session: DecodeSession, requests: list[_Request], live: dict[int, tuple[Any, _Request]]) -> None:
+        """Start ``requests`` in ``session`` (callers that gave up are skipped); if their prompt pass fails,
+        they run alone instead and the session goes on without them."""
+        started = [request for request in requests if request.future.set_running_or_notify_cancel()]
+        if not started:
+            return
+        try:
+            handles = session.add(
+                [r.prompt for r in started], [r.source for r in started], [r.limit() for r in started]
+            )
+        except Exception:
+            self._run(started)
+            return
+        for handle, request in zip(handles, started, strict=True):
+            live[id(handle)] = (handle, request)
 
     def _run(self, group: list[_Request]) -> None:
         """Generate for ``group`` and resolve each future exactly once (a failure fails only its request)."""
+        if not group:
+            return
         try:
             backend = self.backend
         except BackendError as exc:

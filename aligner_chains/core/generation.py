@@ -78,6 +78,25 @@ class StopSignal(Protocol):
     def is_set(self) -> bool: ...
 
 
+class DecodeSession(Protocol):
+    """One running batch that requests join and leave between forward passes (in-flight batching).
+
+    `add` starts new rows (their prompt pass runs at once) and returns a handle per row; `step` runs one
+    pass over every row; `finished` hands back the rows that are done, with their outputs, and takes
+    them out; `remove` drops rows whose callers have gone. Settings are the session's, limits per row.
+    """
+
+    def add(self, prompts: Sequence[str], sources: Sequence[str | None], limits: Sequence[int]) -> list[Any]: ...
+
+    def step(self) -> None: ...
+
+    def finished(self) -> list[tuple[Any, GenerationOutput]]: ...
+
+    def remove(self, handles: Sequence[Any]) -> None: ...
+
+    def __len__(self) -> int: ...
+
+
 class Backend(ABC):
     """Turns rendered prompts into completions; local models and remote servers implement it."""
 
@@ -115,6 +134,11 @@ class Backend(ABC):
         be generated apart.
         """
         return False
+
+    def open_session(self, params: GenerationParams) -> DecodeSession | None:
+        """A `DecodeSession` for requests with these settings, or None where the backend has none for them
+        (then a micro-batch runs as one `generate` call and new requests wait for it to end)."""
+        return None
 
     @abstractmethod
     def generate(

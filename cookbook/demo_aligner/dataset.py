@@ -30,6 +30,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import random
@@ -497,16 +498,20 @@ def _contact(rng: random.Random, pools: _ContactPools, kind: str, rich: bool, wo
     With ``words``, half the e-mails take their local part from those ordinary words.
     """
     make: Callable[[random.Random], str]
-    if kind == "{E}" and words and rng.random() < 0.5:
+    local = kind == "{E}" and words and rng.random() < 0.5
+    if local:
         make, label = partial(variety.random_email, local=variety.word_local_part(rng, words)), "email"
     elif not rich or rng.random() < 0.5:
         return _make_email(rng, pools) if kind == "{E}" else _make_phone(rng, pools)
     else:
         make, label = (variety.random_email, "email") if kind == "{E}" else (variety.random_phone, "phone")
-    while True:  # keep only what the module regexes see as exactly one whole contact
+    for tries in itertools.count(1):  # keep only what the module regexes see as exactly one whole contact
         contact = make(rng)
         if find_contacts(contact) == [(0, len(contact), label)]:
             return contact
+        if local and tries % 50 == 0:  # that local part never passes with any domain: take other words
+            make = partial(variety.random_email, local=variety.word_local_part(rng, words))
+    raise AssertionError("unreachable")
 
 
 def _fill(

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import torch
 
 from aligner_chains.backends.local.loading import LoadedModel
+from aligner_chains.backends.local.running import row_stats
 from aligner_chains.backends.local.settings import check_generation, checkpoint_max_new_tokens
 from aligner_chains.backends.local.speculative import CopyAwareSpeculative
 from aligner_chains.backends.local.strategy import DecodingStrategy, HFGenerate
@@ -156,14 +157,8 @@ class LocalBackend(Backend):
         limits: Sequence[int] | None = None,
     ) -> list[GenerationOutput]:
         check_limits(limits, len(prompts))
-        batch = self._encode(prompts, return_tensors="pt", padding=True, add_special_tokens=True)
-        source_ids = (
-            self._encode([" " + text for text in sources], add_special_tokens=False)["input_ids"]
-            if sources is not None
-            else None
-        )
-        input_ids = batch["input_ids"].to(self.loaded.device)
-        attention_mask = batch["attention_mask"].to(self.loaded.device)
+        batch, source_ids = self.encode_batch(prompts, sources)
+        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
         with self.loaded.lock, torch.inference_mode():
             result = self.strategy_for(params).decode(
                 self.loaded.model,
@@ -178,27 +173,49 @@ class LocalBackend(Backend):
                 **({"limits": list(limits)} if limits is not None else {}),  # only strategies that mix limits
             )
         prompt_lengths = attention_mask.sum(dim=1).tolist()
-        outputs = []
-        stops = set(self.eos_token_ids)
         rows = result.tokens.tolist()
-        for i, (row, stats, n_prompt) in enumerate(zip(rows, result.stats, prompt_lengths, strict=True)):
-            ids: list[int] = []
-            finish: Literal["stop", "length"] = "length"
-            for token in row[: limits[i]] if limits is not None else row:
-                if token in stops:
-                    finish = "stop"
-                    break
-                ids.append(token)
-            outputs.append(
-                GenerationOutput(
-                    token_ids=ids,
-                    text=decode_text(self.tokenizer, ids),
-                    finish_reason=finish,
-                    prompt_tokens=int(n_prompt),
-                    stats=stats,
-                )
-            )
-        return outputs
+        return [
+            self.output(row[: limits[i]] if limits is not None else row, stats, int(n_prompt))
+            for i, (row, stats, n_prompt) in enumerate(zip(rows, result.stats, prompt_lengths, strict=True))
+        ]
+
+    def output(self, tokens: Sequence[int], stats: dict[str, Any], prompt_tokens: int) -> GenerationOutput:
+        """A row's generated ``tokens`` as a `GenerationOutput`: cut at its first EOS ("stop"), else "length"."""
+        ids: list[int] = []
+        finish: Literal["stop", "length"] = "length"
+        stops = set(self.eos_token_ids)
+        for token in tokens:
+            if token in stops:
+                finish = "stop"
+                break
+            ids.append(token)
+        return GenerationOutput(
+            token_ids=ids,
+            text=decode_text(self.tokenizer, ids),
+            finish_reason=finish,
+            prompt_tokens=prompt_tokens,
+            stats=stats,
+        )
+
+    def encode_batch(self, prompts: list[str], sources: Sequence[str | None] | None) -> tuple[Any, Any]:
+        """Left-padded prompt ids on the model's device, and each source's ids (drafts copy from them; None
+        where a row has no source)."""
+        batch = self._encode(prompts, return_tensors="pt", padding=True, add_special_tokens=True)
+        source_ids = None
+        if sources is not None:
+            texts = [" " + text for text in sources if text is not None]
+            encoded = iter(self._encode(texts, add_special_tokens=False)["input_ids"] if texts else ())
+            source_ids = [next(encoded) if text is not None else None for text in sources]
+        return {key: batch[key].to(self.loaded.device) for key in ("input_ids", "attention_mask")}, source_ids
+
+    def open_session(self, params: GenerationParams) -> LocalSession | None:
+        """An in-flight batch of copy-aware decoding, where it is exact for these settings on this model and
+        the model's KV cache can be joined; None otherwise (the micro-batcher then runs whole batches)."""
+        strategy = self.strategy_for(params)
+        if not isinstance(strategy, CopyAwareSpeculative) or strategy.fallback_reason(self.loaded.model, params):
+            return None
+        session = LocalSession(self, strategy)
+        return session if session.batch.can_join else None
 
     def stream(
         self, prompt: str, params: GenerationParams, source: str | None = None
@@ -235,3 +252,49 @@ class LocalBackend(Backend):
             yield output
         finally:
             stop_event.set()
+
+
+class LocalSession:
+    """Rows of one running copy-aware batch on a local model that requests join and leave between passes
+    (`aligner_chains.core.generation.DecodeSession`); each call holds the model's lock for one pass."""
+
+    def __init__(self, backend: LocalBackend, strategy: CopyAwareSpeculative) -> None:
+        self.backend = backend
+        model = backend.loaded.model
+        self.batch = strategy.open_batch(model, backend.pad_token_id, backend.eos_token_ids, backend.loaded.device)
+        self.reason = strategy.exact_reason(model)
+        self.decoder = strategy.name
+        self.prompt_tokens: dict[int, int] = {}  # id(row) -> its prompt's tokens
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    def add(self, prompts: Sequence[str], sources: Sequence[str | None], limits: Sequence[int]) -> list[Any]:
+        """Start rows for ``prompts`` (their prompt pass runs now); one handle per row."""
+        check_limits(limits, len(prompts))
+        encoded, source_ids = self.backend.encode_batch(list(prompts), sources)
+        with self.backend.loaded.lock, torch.inference_mode():
+            rows = self.batch.add(encoded["input_ids"], encoded["attention_mask"], source_ids, list(limits))
+        for row, n_prompt in zip(rows, encoded["attention_mask"].sum(dim=1).tolist(), strict=True):
+            self.prompt_tokens[id(row)] = int(n_prompt)
+        return rows
+
+    def step(self) -> None:
+        with self.backend.loaded.lock, torch.inference_mode():
+            self.batch.step()
+
+    def finished(self) -> list[tuple[Any, GenerationOutput]]:
+        done = self.batch.finished()
+        self.remove(done)
+        outputs = []
+        for row in done:
+            stats = row_stats(row, self.decoder, self.reason)
+            outputs.append((row, self.backend.output(row.generated, stats, self.prompt_tokens.pop(id(row)))))
+        return outputs
+
+    def remove(self, handles: Sequence[Any]) -> None:
+        with self.backend.loaded.lock, torch.inference_mode():
+            self.batch.remove(handles)
+        for row in handles:
+            if not row.done:  # finished rows keep theirs until `finished` reports them
+                self.prompt_tokens.pop(id(row), None)
