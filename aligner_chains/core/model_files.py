@@ -102,6 +102,12 @@ def read_aligner_config(path: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise CheckpointError(f"{file} must hold a JSON object, found {type(data).__name__}.")
     check_stored_generation(data.get("generation"), file)
+    phrases = data.get("draft_phrases")
+    if phrases is not None and not (isinstance(phrases, list) and all(isinstance(x, str) for x in phrases)):
+        raise CheckpointError(
+            f"{file}: 'draft_phrases' must be a list of strings (text the model writes the same way each time, "
+            f"such as its refusals), found {json.dumps(phrases)[:80]}. Fix or remove it."
+        )
     return data
 
 

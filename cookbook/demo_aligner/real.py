@@ -82,6 +82,12 @@ def danger_category(request: str) -> str:
     return "harm"
 
 
+def draft_phrases() -> list[str]:
+    """What the demo writes anew but always the same way (its refusals, the placeholders): its checkpoint's
+    ``draft_phrases``, which copy-aware decoding drafts from (`aligner_chains.backends.local.drafting`)."""
+    return [*sorted(refusals()), "[EMAIL]", "[PHONE]"]
+
+
 def _refusal(category: str) -> str:
     return REFUSALS.get(category, GENERAL_REFUSAL)
 

@@ -22,7 +22,7 @@ from aligner_chains.finetune.average import average_exports
 from aligner_chains.finetune.config import SFTConfig
 from aligner_chains.finetune.sft import train_sft
 from cookbook.demo_aligner.dataset import build_examples, find_contacts, redact, score_demo, write_jsonl
-from cookbook.demo_aligner.real import build_real_examples, correct_and_score, heldout_sets
+from cookbook.demo_aligner.real import build_real_examples, correct_and_score, draft_phrases, heldout_sets
 from cookbook.demo_aligner.variety import noise_word
 
 TRAIN_SEED, HELDOUT_SEED, VALIDATION_SEED = 0, 1, 2
@@ -601,6 +601,10 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(scores, indent=2))
     if args.install:  # the model's files replace the shipped ones; its README stays
         shutil.copytree(final, DEMO_MODEL_DIR, dirs_exist_ok=True)
+        config_file = DEMO_MODEL_DIR / "aligner_config.json"
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        config["draft_phrases"] = draft_phrases()
+        config_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         print(f"Installed at {DEMO_MODEL_DIR}")
     return 0
 

@@ -12,7 +12,7 @@ import torch
 from aligner_chains.backends.local.loading import LoadedModel
 from aligner_chains.backends.local.running import row_stats
 from aligner_chains.backends.local.settings import check_generation, checkpoint_max_new_tokens
-from aligner_chains.backends.local.speculative import CopyAwareSpeculative
+from aligner_chains.backends.local.speculative import CopyAwareSpeculative, set_draft_phrases
 from aligner_chains.backends.local.strategy import DecodingStrategy, HFGenerate
 from aligner_chains.backends.tokenizers import LockedTokenizer, decode_text
 from aligner_chains.core.errors import ConfigError
@@ -102,6 +102,10 @@ class LocalBackend(Backend):
         self.eos_token_ids = _eos_ids(loaded)
         self.pad_token_id = int(self.tokenizer.pad_token_id)
         self.default_max_new_tokens = checkpoint_max_new_tokens(loaded.model) or self.default_max_new_tokens
+        phrases = (loaded.aligner_config or {}).get("draft_phrases") or []
+        if phrases:  # checked by `read_aligner_config`: a list of strings
+            encoded = self._encode([" " + phrase for phrase in phrases], add_special_tokens=False)["input_ids"]
+            set_draft_phrases(loaded.model, encoded)
 
     def check_generation(self, params: GenerationParams) -> None:
         check_generation(params)

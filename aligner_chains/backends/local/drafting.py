@@ -213,18 +213,30 @@ class PhraseMemory:
 
     Holds up to ``max_tokens`` tokens, oldest out first; each n-gram keeps its ``per_key`` latest
     continuations. Drafts are verified, so it changes how many passes a correction takes, never its
-    tokens; it does make that count (so latency) depend on earlier requests.
+    tokens; it does make that count (so latency) depend on earlier requests. ``phrases`` are pinned
+    texts the checkpoint says its model writes (its ``draft_phrases``): never forgotten, and with
+    ``max_tokens=0`` the memory learns nothing, so latency depends on no other request.
     """
 
-    def __init__(self, max_tokens: int, max_ngram: int = 3, per_key: int = 4) -> None:
+    def __init__(
+        self, max_tokens: int, max_ngram: int = 3, per_key: int = 4, phrases: Sequence[Sequence[int]] = ()
+    ) -> None:
         self.max_tokens = max_tokens
         self.max_ngram = max_ngram
         self.per_key = per_key
         self._texts: dict[int, list[int]] = {}  # serial number -> tokens, oldest first
+        self._pinned = {-number: list(text) for number, text in enumerate(phrases, start=1) if text}
         self._size = 0
         self._serial = 0
         self._index: dict[tuple[int, ...], list[tuple[int, int]]] = {}  # n-gram -> (serial, continuation start)
         self._lock = threading.Lock()
+        for serial, text in self._pinned.items():
+            self._index_text(serial, text)
+
+    @property
+    def learns(self) -> bool:
+        """Whether outputs are remembered (``max_tokens > 0``); pinned phrases alone learn nothing."""
+        return self.max_tokens > 0
 
     def __len__(self) -> int:
         return self._size
@@ -242,7 +254,7 @@ class PhraseMemory:
                 self._size -= len(self._texts.pop(next(iter(self._texts))))
             if len(self._index) > 4 * self.max_tokens:  # mostly keys of forgotten texts: rebuild
                 self._index = {}
-                for serial, kept in self._texts.items():
+                for serial, kept in [*self._pinned.items(), *self._texts.items()]:
                     self._index_text(serial, kept)
             else:
                 self._index_text(self._serial, text)
@@ -251,7 +263,7 @@ class PhraseMemory:
         """(text, start) of each remembered continuation of ``tail``, latest first."""
         found = []
         for serial, start in reversed(list(self._index.get(tail, ()))):
-            text = self._texts.get(serial)
+            text = self._texts.get(serial) if serial > 0 else self._pinned.get(serial)
             if text is not None:
                 found.append((text, start))
         return found

@@ -126,7 +126,7 @@ class RunningBatch:
         """Take ``rows`` out of the batch and its cache; finished ones go to the phrase memory (if on)."""
         gone = {id(row) for row in rows}
         for row in self.rows:
-            if id(row) in gone and row.done and self.memory is not None:
+            if id(row) in gone and row.done and self.memory is not None and self.memory.learns:
                 self.memory.add(row.generated)
         keep = [k for k, row in enumerate(self.rows) if id(row) not in gone]
         if len(keep) == len(self.rows):

@@ -56,6 +56,16 @@ _BLOCKERS_LOCK = threading.Lock()
 
 CostModel = Literal["cpu", "accelerator"]
 
+# Per loaded model, the token ids of the phrases its checkpoint says it writes (`set_draft_phrases`).
+_PHRASES: weakref.WeakKeyDictionary[Any, list[list[int]]] = weakref.WeakKeyDictionary()
+
+
+def set_draft_phrases(model: Any, phrases: list[list[int]]) -> None:
+    """Pin ``phrases`` (token ids) as drafts for ``model``: text its corrections write anew but always the
+    same way (a refusal, a placeholder), fixed by the checkpoint, so no request's latency depends on another's.
+    Set before the model's first decode."""
+    _PHRASES[model] = [list(phrase) for phrase in phrases if phrase]
+
 
 def cached_model_blocker(model: Any) -> str | None:
     """`model_blocker` of ``model``, computed on first use and kept for the model's lifetime."""
@@ -123,12 +133,14 @@ class CopyAwareSpeculative(DecodingStrategy):
         self._memories_lock = threading.Lock()
 
     def memory(self, model: Any) -> PhraseMemory | None:
-        """The `PhraseMemory` of ``model`` (None when ``memory_tokens`` is 0), made on first use."""
-        if self.memory_tokens == 0:
+        """The `PhraseMemory` of ``model``, made on first use: its checkpoint's draft phrases (`set_draft_phrases`)
+        and, with ``memory_tokens``, what it wrote lately; None when it has neither."""
+        phrases = _PHRASES.get(model, ())
+        if self.memory_tokens == 0 and not phrases:
             return None
         with self._memories_lock:
             if model not in self._memories:
-                self._memories[model] = PhraseMemory(self.memory_tokens, self.drafter.max_ngram)
+                self._memories[model] = PhraseMemory(self.memory_tokens, self.drafter.max_ngram, phrases=phrases)
             return self._memories[model]
 
     @property
