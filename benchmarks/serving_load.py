@@ -6,7 +6,8 @@
 Scenarios (each: a few warm-up requests, then all requests at once; every reply is checked against its
 request, so cross-talk counts as an error):
 
-- ``server /v1/corrections``: native corrections (``aligner.acorrect``, micro-batched where the core does it);
+- ``server /v1/corrections``: native corrections (``aligner.acorrect``, micro-batched where the core does it:
+  in flight with copy-aware decoding), and the same with whole micro-batches, as before in-flight batching;
 - ``server /v1/completions via Aligner.from_server``: the remote backend's path (raw prompt completions);
 - ``proxy /v1/chat/completions``: the correcting proxy in front of a fake OpenAI upstream (also on loopback),
   a fifth of the requests streamed.
@@ -33,6 +34,8 @@ from benchmarks.results import machine, now
 from benchmarks.results import write_section as write_results_section
 
 SECTION = "## Serving load"
+CORRECTIONS = "server /v1/corrections"
+WHOLE = "server /v1/corrections, whole micro-batches (before in-flight batching)"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -85,6 +88,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     import torch
 
     from aligner_chains import Aligner
+    from aligner_chains.core.batching import default_batcher
     from aligner_chains.server import ServerThread, create_app
     from aligner_chains.testing import build_tiny_llama
     from integrations.openai_proxy import create_proxy_app
@@ -94,6 +98,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or str(build_tiny_llama(Path(tmp) / "tiny"))
         aligner = Aligner.from_pretrained(model, max_new_tokens=args.max_new_tokens)
+        # The same server with whole micro-batches (as before in-flight batching), on its own copy of the model.
+        loaded = Aligner.from_pretrained(model, max_new_tokens=args.max_new_tokens, micro_batching=False)
+        default_batcher(loaded.backend, inflight=False)
+        whole = Aligner(loaded.backend, loaded.template, generation=loaded.generation)
         pairs = [
             (f"Question {i}: how do I bake bread?", f"Answer {i}: mix flour and water.") for i in range(args.requests)
         ]
@@ -101,6 +109,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         rows = []
         with (
             ServerThread(create_app(aligner, served_model_name="bench")) as server,
+            ServerThread(create_app(whole, served_model_name="bench")) as whole_server,
             ServerThread(create_fake_upstream()) as upstream,
             ServerThread(create_proxy_app(aligner, upstream_base_url=upstream.url + "/v1")) as proxy,
         ):
@@ -109,12 +118,15 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             async def scenarios() -> None:
                 async with httpx.AsyncClient(limits=limits, timeout=300) as http:
 
-                    async def correction(i: int) -> bool:
+                    async def correction(i: int, url: str = server.url) -> bool:
                         q, a = pairs[i]
-                        r = await http.post(server.url + "/v1/corrections", json={"question": q, "answer": a})
+                        r = await http.post(url + "/v1/corrections", json={"question": q, "answer": a})
                         r.raise_for_status()
                         body = r.json()
                         return (body["question"], body["original"]) == (q, a)
+
+                    async def whole_batches(i: int) -> bool:
+                        return await correction(i, whole_server.url)
 
                     async def via_remote(i: int) -> bool:
                         q, a = pairs[i]
@@ -136,7 +148,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                         return summary["original"] == default_answer(q) and summary["error"] is None
 
                     for name, call in (
-                        ("server /v1/corrections", correction),
+                        (CORRECTIONS, correction),
+                        (WHOLE, whole_batches),
                         ("server /v1/completions via Aligner.from_server", via_remote),
                         ("proxy /v1/chat/completions (fake upstream, 1/5 streamed)", chat),
                     ):
@@ -178,6 +191,15 @@ def write_section(rows: list[dict[str, Any]], args: argparse.Namespace, command:
             f"| {r['scenario']} | {r['requests']} | {r['errors']} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | "
             f"{r['max_ms']:.0f} | {r['wall_s']:.2f} | {r['rps']:.1f} |"
         )
+    by_name = {r["scenario"]: r for r in rows}
+    if CORRECTIONS in by_name and WHOLE in by_name:
+        flight, whole = by_name[CORRECTIONS], by_name[WHOLE]
+        lines += [
+            "",
+            f"In-flight batching against whole micro-batches, same model and load: p95 "
+            f"{flight['p95_ms'] / whole['p95_ms']:.2f}x, p50 {flight['p50_ms'] / whole['p50_ms']:.2f}x, "
+            f"throughput {flight['rps'] / whole['rps']:.2f}x.",
+        ]
     write_results_section(SECTION.removeprefix("## "), lines[2:])
 
 

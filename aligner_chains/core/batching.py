@@ -51,6 +51,7 @@ class _Request:
     source: str | None
     prompt_tokens: int
     future: RequestFuture = field(default_factory=RequestFuture)
+    queued_at: float = field(default_factory=time.monotonic)
 
     def key(self) -> str:
         """Requests with equal settings (apart from their token limit) can share a batch."""
@@ -204,8 +205,9 @@ class MicroBatcher:
             self._held += arrived
             pending.extend(arrived)
             joining = []
-            while pending and pending[0].key() == key and len(live) + len(joining) < self.max_batch_size:
-                joining.append(pending.popleft())
+            if self._admit_now(pending, key, len(live)):
+                while pending and pending[0].key() == key and len(live) + len(joining) < self.max_batch_size:
+                    joining.append(pending.popleft())
             if not live and not joining:
                 self.batches_run += 1
                 self._held = [request for request in self._held if not request.future.done()]
@@ -217,6 +219,20 @@ class MicroBatcher:
             except Exception:  # the batch's state is suspect now: its rows run alone, the next run opens anew
                 self._run([request for _, request in live.values()])
                 return
+
+    def _admit_now(self, pending: deque[_Request], key: str, live: int) -> bool:
+        """Whether the requests waiting at the head of the line join now: when the batch is empty or they would
+        fill it, or once the first has waited ``max_wait_ms``. Each join costs a prompt pass of its own and a
+        copy of the batch's cache, so late arrivals gather for a moment and join together."""
+        same = 0
+        for request in pending:
+            if request.key() != key:
+                break
+            same += 1
+        if not same:
+            return False
+        waited = time.monotonic() - pending[0].queued_at
+        return live == 0 or live + same >= self.max_batch_size or waited >= self.max_wait_s
 
     def _admit(self, session: DecodeSession, requests: list[_Request], live: dict[int, tuple[Any, _Request]]) -> None:
         """Start ``requests`` in ``session`` (callers that gave up are skipped); if their prompt pass fails,
