@@ -234,3 +234,12 @@ def test_whole_batches_when_in_flight_is_off(expected: list[str], tmp_path: Path
 
     assert asyncio.run(together()) == expected
     assert not opened and batcher.batches_run == 1
+
+
+def test_a_single_row_compacted_every_pass_equals_plain_greedy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(running, "COMPACT_RATIO", 0.0)  # drop rejected drafts after every pass
+    monkeypatch.setattr(running, "COMPACT_SLACK", 0)
+    plain = Aligner.from_pretrained("demo", device="cpu", micro_batching=False, speculative=False)
+    aligner = Aligner.from_pretrained("demo", device="cpu", micro_batching=False)
+    for pair in [LONG, *PAIRS[:3]]:
+        assert aligner.correct(*pair).corrected == plain.correct(*pair).corrected

@@ -117,6 +117,7 @@ class RunningBatch:
             self.drafter.accept(row, trees[k], path, token, self.eos)
             keep_path(self.mask, k, self.mask.shape[1] - width, [0, *(node + 1 for node in path)])
             self.n_real[k] += 1 + len(path)
+        self._compact_if_holey()
 
     def finished(self) -> list[Row]:
         """The rows that have written their EOS or reached their limit (still in the batch until removed)."""
@@ -139,6 +140,12 @@ class RunningBatch:
         index = torch.tensor(keep, device=self.mask.device)
         self.cache.batch_select_indices(index)
         self.mask, self.n_real = self.mask[index], self.n_real[index]
+        self._compact_if_holey()
+
+    def _compact_if_holey(self) -> None:
+        """Drop rejected drafts and padding from the cache once they outweigh the longest row's real tokens
+        (`COMPACT_RATIO`): attention over a hole costs as much as over a token, in every later pass."""
+        assert self.mask is not None and self.n_real is not None
         if self.can_join and self.mask.shape[1] > COMPACT_RATIO * int(self.n_real.max()) + COMPACT_SLACK:
             self.mask = compact_cache(self.cache, self.mask)
 
