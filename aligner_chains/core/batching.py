@@ -20,6 +20,9 @@ from typing import Any
 from aligner_chains.core.errors import BackendError
 from aligner_chains.core.generation import Backend, DecodeSession, GenerationOutput, GenerationParams, StopSignal
 
+# A request joins a running batch only if it has more passes than this to go (see `MicroBatcher._admit_now`).
+JOIN_MIN_PASSES = 8
+
 
 class RequestFuture(Future):  # type: ignore[type-arg]
     """The future of one micro-batched request; `abandon` it when its caller has gone."""
@@ -205,7 +208,7 @@ class MicroBatcher:
             self._held += arrived
             pending.extend(arrived)
             joining = []
-            if self._admit_now(pending, key, len(live)):
+            if self._admit_now(pending, key, len(live), session):
                 while pending and pending[0].key() == key and len(live) + len(joining) < self.max_batch_size:
                     joining.append(pending.popleft())
             if not live and not joining:
@@ -220,19 +223,20 @@ class MicroBatcher:
                 self._run([request for _, request in live.values()])
                 return
 
-    def _admit_now(self, pending: deque[_Request], key: str, live: int) -> bool:
-        """Whether the requests waiting at the head of the line join now: when the batch is empty or they would
-        fill it, or once the first has waited ``max_wait_ms``. Each join costs a prompt pass of its own and a
-        copy of the batch's cache, so late arrivals gather for a moment and join together."""
-        same = 0
-        for request in pending:
-            if request.key() != key:
-                break
-            same += 1
-        if not same:
+    def _admit_now(self, pending: deque[_Request], key: str, live: int, session: DecodeSession) -> bool:
+        """Whether the requests waiting at the head of the line (with the batch's settings) join now.
+
+        Into an empty batch, at once. Into a running one, once the first has waited ``max_wait_ms`` (so late
+        arrivals join together) and only while the batch has more than `JOIN_MIN_PASSES` passes to go: a
+        join costs a prompt pass of its own and a copy of the batch's cache, which waiting a few passes for
+        the batch to end (then starting together) does not.
+        """
+        if not pending or pending[0].key() != key:
             return False
+        if live == 0:
+            return True
         waited = time.monotonic() - pending[0].queued_at
-        return live == 0 or live + same >= self.max_batch_size or waited >= self.max_wait_s
+        return waited >= self.max_wait_s and session.passes_left() > JOIN_MIN_PASSES
 
     def _admit(self, session: DecodeSession, requests: list[_Request], live: dict[int, tuple[Any, _Request]]) -> None:
         """Start ``requests`` in ``session`` (callers that gave up are skipped); if their prompt pass fails,

@@ -287,6 +287,9 @@ class LocalSession:
         with self.backend.loaded.lock, torch.inference_mode():
             self.batch.step()
 
+    def passes_left(self) -> float:
+        return self.batch.passes_left()
+
     def finished(self) -> list[tuple[Any, GenerationOutput]]:
         done = self.batch.finished()
         self.remove(done)

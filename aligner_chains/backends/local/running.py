@@ -119,6 +119,13 @@ class RunningBatch:
             self.n_real[k] += 1 + len(path)
         self._compact_if_holey()
 
+    def passes_left(self) -> float:
+        """A rough count of the passes until the last row is done: each row's tokens still to come
+        (`Row.remaining`) over the tokens per pass it has had so far."""
+        return max(
+            (row.remaining() / max(1.0, len(row.generated) / max(1, row.passes)) for row in self.rows), default=0.0
+        )
+
     def finished(self) -> list[Row]:
         """The rows that have written their EOS or reached their limit (still in the batch until removed)."""
         return [row for row in self.rows if row.done]
