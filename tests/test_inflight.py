@@ -18,7 +18,7 @@ from aligner_chains.backends.local.backend import LocalBackend, LocalSession
 from aligner_chains.core.batching import MicroBatcher, default_batcher
 from aligner_chains.core.generation import GenerationParams
 
-# Real multi-line answers (abridged from open chat models' AlpacaEval answers) with contacts added, so
+# Answers written for these tests in the shape of chat models' (markdown lists, a code block, contacts), so
 # the demo copies some rows, redacts others and writes different lengths.
 PAIRS = [
     ("How can I contact support?", "Write to help@example.org or call 555-0142.\n\nWe answer within a day."),
