@@ -88,9 +88,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     import torch
 
     from aligner_chains import Aligner
-    from aligner_chains.core.batching import default_batcher
     from aligner_chains.server import ServerThread, create_app
     from aligner_chains.testing import build_tiny_llama
+    from benchmarks.speed import micro_batched
     from integrations.openai_proxy import create_proxy_app
     from integrations.openai_proxy.testing import create_fake_upstream, default_answer
 
@@ -99,9 +99,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         model = args.model or str(build_tiny_llama(Path(tmp) / "tiny"))
         aligner = Aligner.from_pretrained(model, max_new_tokens=args.max_new_tokens)
         # The same server with whole micro-batches (as before in-flight batching), on its own copy of the model.
-        loaded = Aligner.from_pretrained(model, max_new_tokens=args.max_new_tokens, micro_batching=False)
-        default_batcher(loaded.backend, inflight=False)
-        whole = Aligner(loaded.backend, loaded.template, generation=loaded.generation)
+        whole = micro_batched(model, inflight=False, max_wait_ms=5.0, max_new_tokens=args.max_new_tokens)
         pairs = [
             (f"Question {i}: how do I bake bread?", f"Answer {i}: mix flour and water.") for i in range(args.requests)
         ]

@@ -297,12 +297,16 @@ async def _arrivals(aligner: Aligner, pairs: list[tuple[str, str]], gaps: list[f
     return list(await asyncio.gather(*(one(q, a, at) for (q, a), at in zip(pairs, starts, strict=True))))
 
 
-def micro_batched(model: str, size: int, inflight: bool) -> Aligner:
-    """An Aligner whose concurrent calls share batches of ``size``: in-flight, or whole batches (as before it)."""
+def micro_batched(
+    model: str, inflight: bool, max_batch_size: int = 16, max_wait_ms: float = 20, **load: Any
+) -> Aligner:
+    """An Aligner (loaded with ``load`` options) whose concurrent calls share batches: in flight, or whole
+    batches as before in-flight batching."""
     from aligner_chains.core.batching import default_batcher
 
-    loaded = Aligner.from_pretrained(model, device="cpu", micro_batching=False)
-    default_batcher(loaded.backend, max_batch_size=size, max_wait_ms=20, inflight=inflight)  # its Aligners share it
+    loaded = Aligner.from_pretrained(model, micro_batching=False, **load)
+    # The backend's one batcher, which every Aligner built on it shares.
+    default_batcher(loaded.backend, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, inflight=inflight)
     return Aligner(loaded.backend, loaded.template, generation=loaded.generation)
 
 
@@ -351,7 +355,7 @@ def bench_micro_batching(
     }
     batched = {
         f"micro-batched, {'in flight' if inflight else 'whole batches'}, max_batch_size={size}": micro_batched(
-            model, size, inflight
+            model, inflight, size, device="cpu"
         )
         for size in batch_sizes
         for inflight in (False, True)

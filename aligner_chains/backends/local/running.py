@@ -11,6 +11,7 @@ the prompt groups of one prompt pass.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -66,7 +67,13 @@ class RunningBatch:
         self.cache: Any = None
         self.mask: torch.Tensor | None = None
         self.n_real: torch.Tensor | None = None
-        self.can_join = joinable(DynamicCache(config=model.config))
+        self.model_config = model.config
+
+    @cached_property
+    def can_join(self) -> bool:
+        """Whether this model's KV caches can be joined (rows joining a running batch, prompt groups), decided
+        on first need so that a plain batch of one prompt group pays nothing for it."""
+        return joinable(DynamicCache(config=self.model_config))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -153,7 +160,7 @@ class RunningBatch:
         """Drop rejected drafts and padding from the cache once they outweigh the longest row's real tokens
         (`COMPACT_RATIO`): attention over a hole costs as much as over a token, in every later pass."""
         assert self.mask is not None and self.n_real is not None
-        if self.can_join and self.mask.shape[1] > COMPACT_RATIO * int(self.n_real.max()) + COMPACT_SLACK:
+        if self.mask.shape[1] > COMPACT_RATIO * int(self.n_real.max()) + COMPACT_SLACK and self.can_join:
             self.mask = compact_cache(self.cache, self.mask)
 
     def _prefill(
@@ -170,7 +177,9 @@ class RunningBatch:
         """
         run, cost = self.run, self.cost
         lengths = mask.sum(-1).tolist()
-        groups = length_groups(lengths, cost.overhead) if self.can_join else [list(range(len(rows)))]
+        groups = length_groups(lengths, cost.overhead)
+        if len(groups) > 1 and not self.can_join:
+            groups = [list(range(len(rows)))]
         prompt_positions = sum(len(group) * max(lengths[i] for i in group) for group in groups)
         cap = max(1, max(self.strategy.block_tokens, cost.free) // len(rows))
         trees, width = plan_trees(self.drafter, rows, cost, cap, branches=False, fixed=prompt_positions)
