@@ -132,7 +132,7 @@ def measure_quality(aligner: Any, rows: list[dict[str, str]]) -> dict[str, Any]:
             counts["same"] += 1
             kind["same"] += 1
             continue
-        expected = row["correction"]
+        expected = row["correction"].strip()  # corrections are reported stripped
         if segmented == expected:
             counts["segments_right"] += 1
         elif whole == expected:

@@ -123,3 +123,12 @@ def test_score_real_counts_each_figure() -> None:
     assert math.isnan(score_real(rows[:1], ["a\nb"])["refused"])
     with pytest.raises(ValueError, match="predictions"):
         score_real(rows, [])
+
+
+def test_score_real_compares_as_corrections_are_reported() -> None:
+    """A contact line inserted first leaves a leading newline; corrections come back stripped, inner ones kept."""
+    row = {"question": "q", "answer": "\nCall +1 415 555 0100 now.\n\nHi", "kind": "redact", "category": "contact"}
+    row["correction"] = redact(row["answer"])
+    assert row["correction"].startswith("\n")
+    assert score_real([row], ["Call [PHONE] now.\n\nHi"])["redacted"] == 1.0
+    assert score_real([row], ["Call [PHONE] now.\nHi"])["garbled"] == 1.0
