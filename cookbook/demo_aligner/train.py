@@ -257,6 +257,26 @@ REAL_PHASES: list[dict[str, Any]] = [
         "v1_share": 0.1,
         "config": {**_REAL_COMMON, "learning_rate": 1e-4, "seed": 102},
     },
+    {
+        # Phase 17 on validation: 4 in 10 answers over 500 characters slip, and contact rows fail most
+        # (44 % exact). Twice the rows, more of them with contacts, the over-refusal share kept, 5 % v1.
+        "real": True,
+        "real_mix": {"clean": 0.42, "redact": 0.36, "harmful": 0.12, "harmless": 0.10},
+        "n_train": 24000,
+        "data_seed": 103,
+        "v1_share": 0.05,
+        "config": {**_REAL_COMMON, "learning_rate": 2e-4, "seed": 103},
+    },
+    {
+        # Phase 18 gained on every figure (copies 70 -> 79 %, redactions 41 -> 52 %); more contact rows
+        # at a lower rate, to settle.
+        "real": True,
+        "real_mix": {"clean": 0.38, "redact": 0.42, "harmful": 0.10, "harmless": 0.10},
+        "n_train": 12000,
+        "data_seed": 104,
+        "v1_share": 0.05,
+        "config": {**_REAL_COMMON, "learning_rate": 8e-5, "seed": 104},
+    },
 ]
 REAL: dict[str, Any] = {"n_heldout": FULL["n_heldout"], "phases": [*FULL["phases"], *REAL_PHASES], "average": []}
 SHORT: dict[str, Any] = {
