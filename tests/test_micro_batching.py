@@ -74,7 +74,7 @@ def test_threads_share_batches_up_to_max_batch_size() -> None:
 
 async def test_a_failing_request_does_not_fail_its_batch_mates() -> None:
     backend = EchoBackend()
-    aligner = make(backend, max_batch_size=8, max_wait_ms=200)
+    aligner = make(backend, max_batch_size=3, max_wait_ms=2_000)  # the three close their batch; a lone call waits 2 s
     answers = ["fine one", "this goes boom", "fine two"]
     results = await asyncio.gather(
         *(aligner.acorrect("q", a) for a in answers[:2]),
@@ -90,7 +90,7 @@ async def test_a_failing_request_does_not_fail_its_batch_mates() -> None:
 
 async def test_different_settings_run_in_different_batches() -> None:
     backend = EchoBackend()
-    aligner = make(backend, max_batch_size=8, max_wait_ms=200)
+    aligner = make(backend, max_batch_size=3, max_wait_ms=10_000)  # collected together, then split by settings
     await asyncio.gather(
         aligner.acorrect("q", "a1"), aligner.acorrect("q", "a2", do_sample=True), aligner.acorrect("q", "a3")
     )
