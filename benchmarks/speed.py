@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from aligner_chains.backends.local.drafting import ACCELERATOR_COST, PassCost, PhraseMemory, plan_trees
+from aligner_chains.backends.local.inference_thread import run_inference
 from aligner_chains.backends.local.speculative import CopyAwareSpeculative
 from aligner_chains.core.aligner import Aligner
 from benchmarks.results import machine, now, write_section
@@ -189,17 +190,23 @@ def hf_generate(aligner: Aligner, pairs: list[tuple[str, str]], batch_size: int,
     loaded = aligner.backend.loaded
     tokenizer, eos = loaded.tokenizer, loaded.tokenizer.eos_token_id
     texts = []
-    with torch.inference_mode():
-        for start in range(0, len(pairs), batch_size):
-            prompts = [aligner.template.render(q, a) for q, a in pairs[start : start + batch_size]]
-            ids = tokenizer(prompts, return_tensors="pt", padding=True)
-            rooms = [aligner.backend.max_context - int(n) for n in ids["attention_mask"].sum(-1)]
-            new = loaded.model.generate(
-                **ids, do_sample=False, max_new_tokens=max(rooms), pad_token_id=tokenizer.pad_token_id, **extra
-            )[:, ids["input_ids"].shape[1] :].tolist()
-            for row, room in zip(new, rooms, strict=True):
-                row = row[:room]
-                texts.append(aligner.backend.decode(row[: row.index(eos)] if eos in row else row))
+    for start in range(0, len(pairs), batch_size):
+        prompts = [aligner.template.render(q, a) for q, a in pairs[start : start + batch_size]]
+        ids = tokenizer(prompts, return_tensors="pt", padding=True)
+        rooms = [aligner.backend.max_context - int(n) for n in ids["attention_mask"].sum(-1)]
+        # On the thread the decoders use, so that both run on one OpenMP team (see `run_inference`).
+        out = run_inference(
+            loaded.lock,
+            loaded.model.generate,
+            **ids,
+            do_sample=False,
+            max_new_tokens=max(rooms),
+            pad_token_id=tokenizer.pad_token_id,
+            **extra,
+        )
+        for row, room in zip(out[:, ids["input_ids"].shape[1] :].tolist(), rooms, strict=True):
+            row = row[:room]
+            texts.append(aligner.backend.decode(row[: row.index(eos)] if eos in row else row))
     return texts
 
 

@@ -408,7 +408,7 @@ class RewardModelJudge(Judge):
 
     def score(self, question: str, answer: str) -> float:
         """The reward of ``answer`` to ``question``."""
-        import torch
+        from aligner_chains.backends.local.inference_thread import run_inference
 
         encoded = self.tokenizer(
             self.text(question, answer),
@@ -416,8 +416,7 @@ class RewardModelJudge(Judge):
             truncation=self.max_length is not None,
             max_length=self.max_length,
         ).to(self.device)
-        with self._lock, torch.inference_mode():
-            return float(self.model(**encoded).logits[0, 0])
+        return run_inference(self._lock, lambda: float(self.model(**encoded).logits[0, 0]))
 
     def judge(self, question: str, original: str, corrected: str) -> Judgment:
         s_original = self.score(question, original)

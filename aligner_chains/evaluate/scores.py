@@ -194,7 +194,7 @@ class ScoreModelJudge(Judge):
 
     def score(self, question: str, answer: str) -> float:
         """The end score of ``answer`` to ``question``: the head's output at the last token."""
-        import torch
+        from aligner_chains.backends.local.inference_thread import run_inference
 
         encoded = self.tokenizer(
             self.text(question, answer),
@@ -202,10 +202,12 @@ class ScoreModelJudge(Judge):
             truncation=self.max_length is not None,
             max_length=self.max_length,
         ).to(self.device)
-        with self._lock, torch.inference_mode():
+
+        def end_score() -> float:
             hidden = self.backbone(**encoded).last_hidden_state[0, -1].float()
-            value = hidden @ self.weight[0] + (self.bias[0] if self.bias is not None else 0.0)
-        return self.normalize(float(value))
+            return float(hidden @ self.weight[0] + (self.bias[0] if self.bias is not None else 0.0))
+
+        return self.normalize(run_inference(self._lock, end_score))
 
     def judge(self, question: str, original: str, corrected: str) -> Judgment:
         s_original = self.score(question, original)

@@ -146,18 +146,19 @@ class LocalCausalLM(CustomLLM):
         return {k: v[:, -budget:].to(self._loaded.device) for k, v in batch.items()}
 
     def _generate(self, prompt: str, streamer: Any = None) -> str:
-        import torch
+        from aligner_chains.backends.local.inference_thread import run_inference
 
         inputs = self._inputs(prompt)
         tokenizer = LockedTokenizer(self._loaded.tokenizer)
-        with self._loaded.lock, torch.inference_mode():
-            out = self._loaded.model.generate(
-                **inputs,
-                max_new_tokens=self.max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                streamer=streamer,
-            )
+        out = run_inference(
+            self._loaded.lock,
+            self._loaded.model.generate,
+            **inputs,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            streamer=streamer,
+        )
         return tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
     @llm_completion_callback()

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import torch
 
+from aligner_chains.backends.local.inference_thread import run_inference
 from aligner_chains.backends.local.loading import LoadedModel
 from aligner_chains.backends.local.running import row_stats
 from aligner_chains.backends.local.settings import check_generation, checkpoint_max_new_tokens
@@ -163,19 +164,20 @@ class LocalBackend(Backend):
         check_limits(limits, len(prompts))
         batch, source_ids = self.encode_batch(prompts, sources)
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-        with self.loaded.lock, torch.inference_mode():
-            result = self.strategy_for(params).decode(
-                self.loaded.model,
-                input_ids,
-                attention_mask,
-                params,
-                eos_token_ids=self.eos_token_ids,
-                pad_token_id=self.pad_token_id,
-                streamer=streamer,
-                stop_event=stop_event,
-                sources=source_ids,
-                **({"limits": list(limits)} if limits is not None else {}),  # only strategies that mix limits
-            )
+        result = run_inference(
+            self.loaded.lock,
+            self.strategy_for(params).decode,
+            self.loaded.model,
+            input_ids,
+            attention_mask,
+            params,
+            eos_token_ids=self.eos_token_ids,
+            pad_token_id=self.pad_token_id,
+            streamer=streamer,
+            stop_event=stop_event,
+            sources=source_ids,
+            **({"limits": list(limits)} if limits is not None else {}),  # only strategies that mix limits
+        )
         prompt_lengths = attention_mask.sum(dim=1).tolist()
         rows = result.tokens.tolist()
         return [
@@ -277,15 +279,20 @@ class LocalSession:
         """Start rows for ``prompts`` (their prompt pass runs now); one handle per row."""
         check_limits(limits, len(prompts))
         encoded, source_ids = self.backend.encode_batch(list(prompts), sources)
-        with self.backend.loaded.lock, torch.inference_mode():
-            rows = self.batch.add(encoded["input_ids"], encoded["attention_mask"], source_ids, list(limits))
+        rows = run_inference(
+            self.backend.loaded.lock,
+            self.batch.add,
+            encoded["input_ids"],
+            encoded["attention_mask"],
+            source_ids,
+            list(limits),
+        )
         for row, n_prompt in zip(rows, encoded["attention_mask"].sum(dim=1).tolist(), strict=True):
             self.prompt_tokens[id(row)] = int(n_prompt)
         return rows
 
     def step(self) -> None:
-        with self.backend.loaded.lock, torch.inference_mode():
-            self.batch.step()
+        run_inference(self.backend.loaded.lock, self.batch.step)
 
     def passes_left(self) -> float:
         return self.batch.passes_left()
@@ -300,8 +307,7 @@ class LocalSession:
         return outputs
 
     def remove(self, handles: Sequence[Any]) -> None:
-        with self.backend.loaded.lock, torch.inference_mode():
-            self.batch.remove(handles)
+        run_inference(self.backend.loaded.lock, self.batch.remove, handles)
         for row in handles:
             if not row.done:  # finished rows keep theirs until `finished` reports them
                 self.prompt_tokens.pop(id(row), None)
