@@ -38,8 +38,18 @@ def test_speed_benchmark_quick_run(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "| 1 | copy-aware |" in out and "micro-batched, in flight, max_batch_size=32" in out
     assert "micro-batched, whole batches, max_batch_size=32" in out and "| in flight |" in out
+    assert "A tighter bound (`batching_bound`)" in out
     assert "False" not in out  # every decoding row reproduced plain greedy output
     assert RESULTS.read_text(encoding="utf-8") == before
+
+
+def test_batching_bound_adds_verified_positions_and_the_longest_rows_passes() -> None:
+    stats = [
+        {"draft_tokens": 10, "forward_passes": 3},  # 10 drafts + 2 roots after the prompt pass
+        {"draft_tokens": 4, "forward_passes": 5},  # 4 drafts + 4 roots; the most passes: 4 after the prompt
+    ]
+    costs = {"per_position_s": 0.001, "per_pass_s": 0.01}
+    assert speed.batching_bound(stats, 0.5, costs) == pytest.approx(0.5 + 20 * 0.001 + 4 * 0.01)
 
 
 def test_precision_benchmark_quick_run(capsys: pytest.CaptureFixture[str]) -> None:
