@@ -468,7 +468,51 @@ def bench_micro_batching(
     }
 
 
-# ----------------------------------------------------------------------------- 4. adapter overhead
+# ----------------------------------------------------------------------------- 4. one inference thread
+
+
+def bench_thread_teams(model: str, n: int, repeats: int) -> dict[str, Any]:
+    """``n`` one-line corrections one at a time, with every pass on the inference thread (as shipped), and
+    while a second live thread holds an OpenMP team of its own (it ran one matmul and waits): what each
+    caller thread that ran the model itself caused before the inference thread. Best of ``repeats``."""
+    import threading
+
+    aligner = Aligner.from_pretrained(model, device="cpu", micro_batching=False)
+    pairs = oneline_pairs(n)
+    aligner.correct(*pairs[0])
+
+    def run_all() -> float:
+        started = time.perf_counter()
+        for q, a in pairs:
+            aligner.correct(q, a)
+        return time.perf_counter() - started
+
+    def beside_another_team() -> float:
+        release, ready = threading.Event(), threading.Event()
+
+        def other_thread() -> None:
+            x = torch.randn(256, 256)
+            _ = x @ x  # this thread now has its own OpenMP team, alive while the thread is
+            ready.set()
+            release.wait()
+
+        holder = threading.Thread(target=other_thread, daemon=True)
+        holder.start()
+        ready.wait()
+        try:
+            return run_all()
+        finally:
+            release.set()
+            holder.join()  # its team goes with it
+
+    alone = beside = float("inf")
+    for _ in range(repeats):  # interleaved, so drift on a shared machine hits both alike
+        alone = min(alone, run_all())
+        beside = min(beside, beside_another_team())
+    return {"requests": n, "one_team_s": alone, "two_teams_s": beside}
+
+
+# ----------------------------------------------------------------------------- 5. adapter overhead
 
 
 def bench_runnable_overhead(model: str, repeats: int) -> dict[str, Any]:
@@ -501,6 +545,7 @@ def report(
     draft: dict[str, Any],
     decoding: list[dict[str, Any]],
     micro: list[dict[str, Any]],
+    teams: dict[str, Any],
     overhead: dict[str, Any],
     command: str,
     model: str,
@@ -579,7 +624,19 @@ def report(
         lines += micro_report(figures)
     lines += [
         "",
-        f"### 4. `AlignerRunnable` overhead (median of {overhead['repeats']} interleaved calls)",
+        "### 4. One inference thread",
+        "",
+        f"{teams['requests']} one-line corrections one at a time (best of the runs): every forward pass on the "
+        "process's inference thread, as shipped, against the same while a second live thread holds an OpenMP "
+        "team of its own, as every caller thread that ran the model did before (a server's request threads, "
+        "the micro-batcher's worker next to a direct call).",
+        "",
+        "| threads with an OpenMP team | wall s | vs one |",
+        "|---|---:|---:|",
+        f"| one (the inference thread) | {teams['one_team_s']:.2f} | 1.00x |",
+        f"| two | {teams['two_teams_s']:.2f} | {teams['two_teams_s'] / teams['one_team_s']:.2f}x |",
+        "",
+        f"### 5. `AlignerRunnable` overhead (median of {overhead['repeats']} interleaved calls)",
         "",
         "| call | ms | overhead |",
         "|---|---:|---:|",
@@ -587,7 +644,7 @@ def report(
         f"| `AlignerRunnable.invoke` | {overhead['runnable_ms']:.1f} | "
         f"{(overhead['runnable_ms'] / overhead['bare_ms'] - 1) * 100:+.1f} % |",
         "",
-        "### 5. GPU",
+        "### 6. GPU",
         "",
         "Measured by `python -m benchmarks.gpu` (section GPU decoding) on a machine with CUDA.",
     ]
@@ -652,9 +709,16 @@ def main(argv: list[str] | None = None) -> int:
     micro = [
         bench_micro_batching(args.model, 8 if quick else 32, kind, repeats=1 if quick else 3) for kind in MICRO_SETS
     ]
+    teams = bench_thread_teams(args.model, 8 if quick else 32, 1 if quick else 3)
     overhead = bench_runnable_overhead(args.model, 3 if quick else 40)
     lines = report(
-        draft, decoding, micro, overhead, "python -m benchmarks.speed" + (" --quick" if quick else ""), args.model
+        draft,
+        decoding,
+        micro,
+        teams,
+        overhead,
+        "python -m benchmarks.speed" + (" --quick" if quick else ""),
+        args.model,
     )
     print("\n".join(lines))
     if not quick:

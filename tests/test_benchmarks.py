@@ -38,7 +38,7 @@ def test_speed_benchmark_quick_run(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "| 1 | copy-aware |" in out and "micro-batched, in flight, max_batch_size=32" in out
     assert "micro-batched, whole batches, max_batch_size=32" in out and "| in flight |" in out
-    assert "A tighter bound (`batching_bound`)" in out
+    assert "A tighter bound (`batching_bound`)" in out and "| two |" in out  # section 4: one inference thread
     assert "False" not in out  # every decoding row reproduced plain greedy output
     assert RESULTS.read_text(encoding="utf-8") == before
 
