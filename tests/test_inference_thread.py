@@ -71,6 +71,18 @@ def test_runs_in_inference_mode_and_under_the_lock() -> None:
     assert not lock.locked()
 
 
+def test_it_runs_with_the_callers_thread_count_set_after_it_started() -> None:
+    lock, before = threading.Lock(), torch.get_num_threads()
+    x = torch.randn(64, 64)
+    run_inference(lock, lambda: x @ x)  # the thread has run an operator: PyTorch fixed its count
+    try:
+        torch.set_num_threads(before + 1)
+        assert run_inference(lock, torch.get_num_threads) == before + 1
+    finally:
+        torch.set_num_threads(before)
+    assert run_inference(lock, torch.get_num_threads) == before
+
+
 def test_an_error_reaches_the_caller_and_the_thread_goes_on() -> None:
     def fail() -> None:
         raise ValueError("bad row 3")

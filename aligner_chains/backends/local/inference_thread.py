@@ -57,9 +57,14 @@ def run_inference(lock: AbstractContextManager[object], fn: Callable[..., T], /,
     """``fn(*args, **kwargs)`` on the inference thread, holding ``lock`` (the model's), in inference mode.
 
     Blocks until it returns and re-raises what it raises; a call made on the inference thread runs inline.
+    It runs with the caller's ``torch.get_num_threads()``: PyTorch keeps that count per thread once a
+    thread has run an operator, so a later ``torch.set_num_threads`` would not reach this thread otherwise.
     """
+    threads = torch.get_num_threads()
 
     def call() -> T:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
         with lock, torch.inference_mode():
             return fn(*args, **kwargs)
 
