@@ -45,7 +45,8 @@ def _forget_after_fork() -> None:
     _pool, _pool_thread, _pool_lock = None, None, threading.Lock()
 
 
-os.register_at_fork(after_in_child=_forget_after_fork)
+if hasattr(os, "register_at_fork"):  # POSIX only; Windows has no fork
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def on_inference_thread() -> bool:
