@@ -28,6 +28,7 @@ from aligner_chains.backends.local.drafting import ACCELERATOR_COST, PassCost, P
 from aligner_chains.backends.local.inference_thread import run_inference
 from aligner_chains.backends.local.speculative import CopyAwareSpeculative
 from aligner_chains.core.aligner import Aligner
+from benchmarks import gpu
 from benchmarks.results import machine, now, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -354,8 +355,8 @@ def pass_costs(aligner: Aligner, repeats: int = 5) -> dict[str, float]:
     model = aligner.backend.loaded.model
     dense = torch.randint(5, model.config.vocab_size, (16, 128))
 
-    def timed(fn: Any) -> float:
-        return min(run_inference(aligner.backend.loaded.lock, _seconds, fn) for _ in range(repeats))
+    def timed(fn: Any) -> float:  # on the inference thread, where the decoders run
+        return run_inference(aligner.backend.loaded.lock, gpu.timed, fn, torch.device("cpu"), repeats)[0]
 
     def step() -> None:
         cache = DynamicCache(config=model.config)
@@ -366,12 +367,6 @@ def pass_costs(aligner: Aligner, repeats: int = 5) -> dict[str, float]:
     per_position = timed(lambda: model(input_ids=dense, logits_to_keep=1)) / dense.numel()
     prefill = timed(lambda: model(input_ids=dense[:1, :150], past_key_values=DynamicCache(config=model.config)))
     return {"per_position_s": per_position, "per_pass_s": max(0.0, timed(step) - prefill) / 10}
-
-
-def _seconds(fn: Any) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
 
 
 def batching_bound(stats: list[dict[str, Any]], floor_s: float, costs: dict[str, float]) -> float:
